@@ -1,0 +1,267 @@
+"""The ``trustmap`` command line: data, models, training and prediction.
+
+Each command turns a TrustmapError into one red line and exit code 2, so a mistake in the
+arguments reads as advice rather than a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import pandas as pd
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import trustmap
+from trustmap.atomic import write_atomic
+from trustmap.errors import ConfigError, TrustmapError
+
+app = typer.Typer(help="trustmap: where an image classifier looks, and how much to trust it.",
+                  no_args_is_help=True, add_completion=False)
+data_app = typer.Typer(help="List, fetch and look at datasets.", no_args_is_help=True)
+models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+console = Console(soft_wrap=True)  # long paths stay on one line, copyable
+errors = Console(stderr=True, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Device = Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")]
+
+
+def friendly_errors(command: F) -> F:
+    """Report TrustmapError as a one-line message with exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except TrustmapError as error:
+            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a torch device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available; "
+                          "use --device cpu")
+    return device
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False
+         ) -> None:
+    if version:
+        console.print(trustmap.__version__)
+        raise typer.Exit()
+
+
+# --- data ------------------------------------------------------------------------------------
+
+@data_app.command("list")
+@friendly_errors
+def data_list() -> None:
+    """Every dataset trustmap knows: available or not, where, and N per split."""
+    from trustmap.data import list_datasets
+
+    table = Table("name", "kind", "available", "train", "test", "where")
+    for info in list_datasets():
+        sizes = info.sizes or {}
+        table.add_row(info.name, info.kind, "yes" if info.available else "[red]no[/]",
+                      str(sizes.get("train", "?")), str(sizes.get("test", "?")),
+                      info.location)
+    console.print(table)
+
+
+@data_app.command("fetch")
+@friendly_errors
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="Dataset name, e.g. mnist.")],
+    dest: Annotated[Path | None, typer.Option(help="Root folder (default ~/.cache/trustmap).")]
+    = None,
+    quiet: Quiet = False,
+) -> None:
+    """Download a dataset's official files, verifying size and checksum."""
+    from trustmap.data import fetch
+
+    path = fetch(name, dest, progress=not quiet)
+    console.print(f"{name}: verified files in {path}")
+
+
+@data_app.command("show")
+@friendly_errors
+def data_show(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="PNG path (default NAME-SPLIT.png).")] = None,
+    per_class: Annotated[int, typer.Option(help="Images per class.")] = 10,
+) -> None:
+    """Save a PNG grid of sample images, one row per class."""
+    from trustmap.data import load
+    from trustmap.report.figures import class_grid, save_figure
+
+    dataset = load(name, split)
+    path = save_figure(class_grid(dataset, per_class), out or Path(f"{name}-{split}.png"))
+    console.print(f"wrote {path}")
+
+
+# --- models ----------------------------------------------------------------------------------
+
+@models_app.command("list")
+@friendly_errors
+def models_list() -> None:
+    """Name, parameters (1x28x28, 10 classes), Grad-CAM layer of every model."""
+    from trustmap.models import describe
+
+    table = Table("name", "parameters", "Grad-CAM layer", "dropout", "description")
+    for row in describe():
+        table.add_row(row.name, f"{row.parameters:,}", row.gradcam_layer,
+                      "yes" if row.has_dropout else "no", row.description)
+    console.print(table)
+
+
+# --- train / predict -------------------------------------------------------------------------
+
+@app.command()
+@friendly_errors
+def train(
+    model: Annotated[str, typer.Option(help="Model name (see `trustmap models list`).")]
+    = "lenet",
+    data: Annotated[str, typer.Option(help="Dataset name (see `trustmap data list`).")]
+    = "mnist-embedded",
+    members: Annotated[int, typer.Option(help="Ensemble members.")] = 5,
+    epochs: Annotated[int, typer.Option()] = 10,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    optimizer: Annotated[str, typer.Option(help="sgd, adam, adamw or nadam.")] = "adam",
+    weight_decay: Annotated[float, typer.Option()] = 0.0,
+    schedule: Annotated[str, typer.Option(help="Learning-rate schedule: cosine or constant.")]
+    = "cosine",
+    augment: Annotated[str, typer.Option(
+        help="Comma-separated augmentations: shift (up to 2 px), flip (clothing only), "
+        "or none.")] = "shift",
+    dropout: Annotated[float | None, typer.Option(help="Dropout rate (model default if unset).")]
+    = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of train held out.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Run seed; member seeds derive from it.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run directory.")] = Path("runs/default"),
+    device: Device = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Train an ensemble (resuming an interrupted run) and print its test accuracy."""
+    from trustmap.data import load
+    from trustmap.predictive import Ensemble
+    from trustmap.training import RunSpec, TrainConfig, evaluate_logits, fit_ensemble
+
+    torch_device = _device(device)
+    train_set, test_set = load(data, "train"), load(data, "test")
+    spec = RunSpec(model=model, members=members, seed=seed,
+                   train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
+                                     optimizer=optimizer, weight_decay=weight_decay,
+                                     schedule=schedule,
+                                     augment=tuple(a for a in augment.split(",")
+                                                   if a and a != "none")),
+                   val_fraction=val_fraction,
+                   model_kwargs={} if dropout is None else {"dropout": dropout})
+    console.print(f"training {members} x {model} on {data} ({len(train_set)} images, "
+                  f"{int(len(train_set) * val_fraction)} held out for validation) -> {out}")
+
+    def report(index: int, result: Any) -> None:
+        if result is None:
+            console.print(f"member {index + 1}: finished earlier, loaded from {out}")
+        else:
+            metrics = result.metrics
+            console.print(f"member {index + 1}: val accuracy {metrics['val_accuracy']:.4f}, "
+                          f"{metrics['seconds']:.1f} s, "
+                          f"{metrics['images_per_second']:.0f} images/s")
+
+    run = fit_ensemble(spec, train_set, out, progress=not quiet, device=torch_device,
+                       on_member=report)
+    predictive = Ensemble([m.to(torch_device) for m in run.members])
+    prediction = predictive.predict(test_set.images)
+    table = Table("model", "test accuracy", "test NLL", title=f"{data} test ({len(test_set)})")
+    for index, logits in enumerate(predictive.sample_logits(test_set.images)):
+        accuracy, nll = evaluate_logits(logits, test_set.labels)
+        table.add_row(f"member {index + 1}", f"{accuracy:.4f}", f"{nll:.4f}")
+    mean_probs = prediction.mean_probs
+    ensemble_accuracy = float((prediction.predicted == test_set.labels).float().mean())
+    ensemble_nll = float(-mean_probs[torch.arange(len(test_set)), test_set.labels]
+                         .clamp_min(1e-12).log().mean())
+    vote_accuracy = float((prediction.majority_vote == test_set.labels).float().mean())
+    table.add_row("ensemble (mean of softmax)", f"{ensemble_accuracy:.4f}", f"{ensemble_nll:.4f}")
+    table.add_row("ensemble (majority vote)", f"{vote_accuracy:.4f}", "")
+    console.print(table)
+    console.print(f"ensemble test accuracy: {ensemble_accuracy:.4f}  (run saved in {out})")
+
+
+@app.command()
+@friendly_errors
+def predict(
+    run: Annotated[Path, typer.Option(help="Run directory written by `trustmap train`.")],
+    data: Annotated[str, typer.Option(help="Dataset to predict.")] = "mnist-embedded",
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    predictive: Annotated[str, typer.Option(
+        help="single, ensemble, mc-dropout or ensemble-mc.")] = "ensemble",
+    samples: Annotated[int, typer.Option(help="MC dropout passes per model.")] = 20,
+    seed: Annotated[int, typer.Option(help="Seed of the MC dropout masks.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Predictions file, .csv or .parquet (default in the run directory).")] = None,
+    device: Device = "cpu",
+) -> None:
+    """Predict a dataset with a trained run; print accuracy and write one row per input."""
+    from trustmap.data import load
+    from trustmap.predictive import make_predictive
+    from trustmap.training import load_ensemble
+
+    torch_device = _device(device)
+    if out is not None and out.suffix not in (".csv", ".parquet"):
+        raise ConfigError(f"--out {out}: use a .csv or .parquet file name")
+    ensemble = load_ensemble(run, torch_device)
+    dataset = load(data, split)
+    started = time.perf_counter()
+    prediction = make_predictive(predictive, ensemble.members, samples, seed).predict(
+        dataset.images)
+    seconds = time.perf_counter() - started
+    frame = pd.DataFrame({
+        "index": range(len(dataset)),
+        "label": dataset.labels.numpy(),
+        "predicted": prediction.predicted.numpy(),
+        "majority_vote": prediction.majority_vote.numpy(),
+        "vote_ratio": prediction.vote_ratio.numpy(),
+        **{f"p_{name}": column.numpy()
+           for name, column in zip(ensemble.classes, prediction.mean_probs.T, strict=True)},
+    })
+    path = out or run / f"predictions-{data}-{split}-{predictive}.csv"
+    _write_table(frame, path)
+    console.print(f"{predictive} of {len(ensemble.members)} member(s), "
+                  f"{prediction.sample_probs.shape[0]} samples per input, "
+                  f"{len(dataset)} inputs in {seconds:.2f} s")
+    if tuple(dataset.classes) == ensemble.classes:
+        accuracy = float((prediction.predicted == dataset.labels).float().mean())
+        console.print(f"accuracy on {data} ({split}): {accuracy:.4f}")
+    else:
+        console.print(f"{data} has other classes than the run was trained on "
+                      f"({ensemble.data['name']}): no accuracy (an out-of-distribution set)")
+    console.print(f"wrote {path}")
+
+
+def _write_table(frame: pd.DataFrame, path: Path) -> None:
+    """Write CSV or parquet atomically, chosen by the file's suffix."""
+    if path.suffix == ".parquet":
+        write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    else:
+        write_atomic(path, lambda tmp: frame.to_csv(tmp, index=False))

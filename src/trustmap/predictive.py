@@ -1,0 +1,201 @@
+"""Predictive distributions as samples of probabilities [S, N, K].
+
+Every uncertainty measure is a function of these samples, so a single model (S = 1), a deep
+ensemble (S = M members), MC dropout (S = T stochastic passes) and an ensemble of MC-dropout
+models (S = M x T, one mixture) all feed the same measures.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from trustmap.data.dataset import check_images
+from trustmap.errors import ConfigError, ModelError
+from trustmap.training import forward_in_batches
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One pass of a predictive over a batch, with everything derived from it."""
+
+    sample_probs: torch.Tensor  # [S, N, K]
+
+    @property
+    def mean_probs(self) -> torch.Tensor:
+        return self.sample_probs.mean(0)
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        """Class of the averaged probabilities (the ensemble's answer)."""
+        return self.mean_probs.argmax(1)
+
+    @property
+    def votes(self) -> torch.Tensor:
+        """[N, K] how many samples voted for each class."""
+        classes = self.sample_probs.shape[2]
+        return nn.functional.one_hot(self.sample_probs.argmax(2), classes).sum(0)
+
+    @property
+    def majority_vote(self) -> torch.Tensor:
+        """Class with the most votes; ties go to the lowest class index."""
+        return self.votes.argmax(1)
+
+    @property
+    def vote_ratio(self) -> torch.Tensor:
+        """Share of samples that voted for the majority class, in [1/K, 1]."""
+        return self.votes.max(1).values.float() / self.sample_probs.shape[0]
+
+
+class Predictive(ABC):
+    """A model or a set of models seen as a distribution over predictions."""
+
+    def __init__(self, batch_size: int = 1024) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+
+    @property
+    @abstractmethod
+    def num_samples(self) -> int:
+        """S, the number of probability samples per input."""
+
+    @abstractmethod
+    def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of every sample, [S, N, K]."""
+
+    def sample_probs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sample_logits(x).softmax(-1)
+
+    def predict(self, x: torch.Tensor) -> Prediction:
+        return Prediction(self.sample_probs(x))
+
+
+def _eval_models(models: Sequence[nn.Module]) -> list[nn.Module]:
+    if len(models) == 0:
+        raise ConfigError("a predictive needs at least one model; got an empty list")
+    for model in models:
+        model.eval()
+    return list(models)
+
+
+def _dropout_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
+class Single(Predictive):
+    """One deterministic model: S = 1."""
+
+    def __init__(self, model: nn.Module, batch_size: int = 1024) -> None:
+        super().__init__(batch_size)
+        self.model = _eval_models([model])[0]
+
+    @property
+    def num_samples(self) -> int:
+        return 1
+
+    def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x)
+        return forward_in_batches(self.model, x, self.batch_size)[None]
+
+
+class Ensemble(Predictive):
+    """M independently trained members, each in eval mode: S = M."""
+
+    def __init__(self, models: Sequence[nn.Module], batch_size: int = 1024) -> None:
+        super().__init__(batch_size)
+        self.models = _eval_models(models)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.models)
+
+    def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x)
+        return torch.stack([forward_in_batches(m, x, self.batch_size) for m in self.models])
+
+
+class MCDropout(Predictive):
+    """T stochastic passes with dropout on and everything else (e.g. BatchNorm) in eval mode.
+
+    The T passes of a chunk run as one batch of T x n inputs, each row getting its own
+    dropout mask. Sampling is seeded and leaves the global RNG state untouched.
+    """
+
+    def __init__(self, model: nn.Module, samples: int = 20, seed: int = 0,
+                 batch_size: int = 1024) -> None:
+        super().__init__(batch_size)
+        if samples < 1:
+            raise ConfigError(f"samples must be >= 1, got {samples}")
+        self.model = _eval_models([model])[0]
+        self.dropouts = _dropout_modules(self.model)
+        if not self.dropouts:
+            name = getattr(model, "name", type(model).__name__)
+            raise ModelError(f"model {name!r} has no dropout layers, so MC dropout would "
+                             "return identical samples; build it with a dropout argument "
+                             "(e.g. build('lenet', dropout=0.25)) or use Single/Ensemble")
+        self.samples = samples
+        self.seed = seed
+
+    @property
+    def num_samples(self) -> int:
+        return self.samples
+
+    @torch.no_grad()
+    def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x)
+        device = next(self.model.parameters()).device
+        chunk = max(1, self.batch_size // self.samples)
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            for module in self.dropouts:
+                module.train()
+            try:
+                parts = []
+                for part in x.split(chunk):
+                    repeated = part.to(device).repeat(self.samples, 1, 1, 1)
+                    logits = self.model(repeated).float().cpu()
+                    parts.append(logits.view(self.samples, len(part), -1))
+            finally:
+                for module in self.dropouts:
+                    module.eval()
+        return torch.cat(parts, dim=1)
+
+
+class EnsembleMC(Predictive):
+    """M members x T dropout passes, pooled into one mixture of S = M x T samples."""
+
+    def __init__(self, models: Sequence[nn.Module], samples: int = 20, seed: int = 0,
+                 batch_size: int = 1024) -> None:
+        super().__init__(batch_size)
+        self.members = [MCDropout(m, samples, seed + i, batch_size)
+                        for i, m in enumerate(_eval_models(models))]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(m.num_samples for m in self.members)
+
+    def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m.sample_logits(x) for m in self.members])
+
+
+PREDICTIVES = ("single", "ensemble", "mc-dropout", "ensemble-mc")
+
+
+def make_predictive(kind: str, models: Sequence[nn.Module], samples: int = 20, seed: int = 0,
+                    batch_size: int = 1024) -> Predictive:
+    """Build a predictive by name; ``single`` uses the first model."""
+    if kind == "single":
+        return Single(models[0], batch_size)
+    if kind == "ensemble":
+        return Ensemble(models, batch_size)
+    if kind == "mc-dropout":
+        return MCDropout(models[0], samples, seed, batch_size)
+    if kind == "ensemble-mc":
+        return EnsembleMC(models, samples, seed, batch_size)
+    raise ConfigError(f"unknown predictive {kind!r}; choose one of {', '.join(PREDICTIVES)}")

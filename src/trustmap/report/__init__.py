@@ -1,0 +1,1 @@
+"""Figures and reports: the last layer, which only draws and writes what others computed."""

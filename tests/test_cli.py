@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from trustmap.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("train", "--model", "lenet", "--data", "mnist-embedded", "--members", "2",
+                    "--epochs", "1", "--dropout", "0.25", "--out", str(out), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "ensemble test accuracy" in result.output
+    accuracy = float(result.output.split("ensemble test accuracy:")[1].split()[0])
+    assert accuracy > 0.85  # two members, one epoch on 3,600 real digits
+    return out
+
+
+def test_train_twice_resumes_instead_of_retraining(trained_run: Path) -> None:
+    result = invoke("train", "--model", "lenet", "--data", "mnist-embedded", "--members", "2",
+                    "--epochs", "1", "--dropout", "0.25", "--out", str(trained_run), "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("finished earlier") == 2
+
+
+def test_predict_writes_one_row_per_input(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p.parquet"
+    result = invoke("predict", "--run", str(trained_run), "--data", "mnist-embedded",
+                    "--predictive", "ensemble-mc", "--samples", "3", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "6 samples per input" in result.output
+    frame = pd.read_parquet(out)
+    assert len(frame) == 1000
+    probs = frame[[f"p_{c}" for c in "0123456789"]].to_numpy()
+    assert abs(probs.sum(1) - 1).max() < 1e-4
+    assert (frame["predicted"] == probs.argmax(1)).all()
+    accuracy = float(result.output.split("accuracy on mnist-embedded (test):")[1].split()[0])
+    assert accuracy == pytest.approx((frame["predicted"] == frame["label"]).mean(), abs=1e-4)
+
+
+def test_predict_on_an_ood_set_reports_no_accuracy(trained_run: Path) -> None:
+    result = invoke("predict", "--run", str(trained_run), "--data", "noise-uniform")
+    assert result.exit_code == 0, result.output
+    assert "no accuracy" in result.output
+    assert (trained_run / "predictions-noise-uniform-test-ensemble.csv").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("train", "--data", "mnist-embeded"), "mnist-embedded"),
+    (("train", "--model", "lenet9"), "lenet"),
+    (("train", "--optimizer", "rmsprop-ish"), "adam"),
+    (("predict", "--run", "no/such/run"), "does not exist"),
+    (("predict", "--run", ".", "--out", "x.txt"), ".csv or .parquet"),
+    (("data", "show", "nonsense"), "mnist"),
+])
+def test_bad_arguments_give_one_line_errors(args, message) -> None:
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert "error:" in result.output and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_models_and_data_listings() -> None:
+    models = invoke("models", "list")
+    assert models.exit_code == 0
+    for name in ("lenet", "lenet5", "cnn1000", "resnet34"):
+        assert name in models.output
+    data = invoke("data", "list")
+    assert data.exit_code == 0
+    assert "mnist-embedded" in data.output and "letters" in data.output
+
+
+def test_data_show_writes_a_png(tmp_path: Path) -> None:
+    out = tmp_path / "grid.png"
+    result = invoke("data", "show", "mnist-embedded", "--out", str(out), "--per-class", "4")
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
