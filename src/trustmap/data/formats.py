@@ -230,7 +230,7 @@ def read_cifar_batches(source: Path, batches: Sequence[str], meta: str = "batche
         raise DataError(f"{source}: no CIFAR batch file(s) {', '.join(missing)}; expected the "
                         "official cifar-10-batches-py contents. Delete it and run "
                         "`trustmap data fetch cifar10`")
-    images, labels = zip(*(_check_cifar_batch(*found[b]) for b in batches))
+    images, labels = zip(*(_check_cifar_batch(*found[b]) for b in batches), strict=True)
     names = None
     if meta in found:
         origin, content = found[meta]
