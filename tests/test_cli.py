@@ -79,6 +79,8 @@ def test_models_and_data_listings() -> None:
     data = invoke("data", "list")
     assert data.exit_code == 0
     assert "mnist-embedded" in data.output and "letters" in data.output
+    if "not found" in data.output:
+        assert "trustmap data fetch NAME" in data.output
 
 
 def test_data_show_writes_a_png(tmp_path: Path) -> None:

