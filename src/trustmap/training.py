@@ -169,6 +169,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place with cross-entropy; shuffling is seeded by ``seed``.
 
+    ``progress`` shows a bar on a terminal (never in a log file, where it would be noise).
+
     The caller seeds the initialisation (``build`` after ``torch.manual_seed``), so that
     initialisation and data order are two separate, reproducible choices.
     """
@@ -184,8 +186,8 @@ def fit(
     # back to the default layout afterwards, so restored checkpoints compute identically.
     model.to(memory_format=torch.channels_last)
     started = time.perf_counter()
-    bar = tqdm(total=config.epochs * batches, desc=description, disable=not progress,
-               unit="batch", leave=False)
+    bar = tqdm(total=config.epochs * batches, desc=description, unit="batch", leave=False,
+               disable=None if progress else True)
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator)

@@ -50,7 +50,7 @@ def _download(spec: OfficialFile, final: Path, progress: bool) -> None:
     def write_verified(tmp: Path) -> None:
         with open(tmp, "wb") as out, \
                 tqdm(total=spec.size, unit="B", unit_scale=True, desc=spec.name,
-                     disable=not progress, leave=False) as bar:
+                     disable=None if progress else True, leave=False) as bar:
             try:
                 with urllib.request.urlopen(spec.url, timeout=_TIMEOUT_S) as response:
                     # Read at most one byte past the record: enough to tell "too long".
