@@ -36,7 +36,8 @@ def test_prediction_votes_hand_computed() -> None:
         [[0.2, 0.7, 0.1], [0.1, 0.3, 0.6]],
         [[0.5, 0.4, 0.1], [0.3, 0.3, 0.4]],
     ])
-    p = Prediction(probs)
+    p = Prediction.from_probs(probs)
+    assert torch.allclose(p.sample_probs, probs)
     assert torch.allclose(p.mean_probs[0], torch.tensor([1.3, 1.4, 0.3]) / 3)
     assert p.predicted.tolist() == [1, 2]  # mean: class 1 (1.4/3) and class 2 (1.4/3)
     assert p.votes.tolist() == [[2, 1, 0], [0, 1, 2]]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -21,12 +22,27 @@ from trustmap.training import forward_in_batches
 
 @dataclass(frozen=True)
 class Prediction:
-    """One pass of a predictive over a batch, with everything derived from it."""
+    """One pass of a predictive over a batch, with everything derived from it.
 
-    sample_probs: torch.Tensor  # [S, N, K]
+    Holds the logits of every sample [S, N, K]; probabilities and the rest are derived once,
+    on first use, so every uncertainty measure reads the same forward passes.
+    """
 
-    @property
+    sample_logits: torch.Tensor  # [S, N, K]
+
+    @classmethod
+    def from_probs(cls, probs: torch.Tensor) -> Prediction:
+        """A Prediction from probabilities alone (their logs serve as logits)."""
+        return cls(probs.clamp_min(1e-30).log())
+
+    @cached_property
+    def sample_probs(self) -> torch.Tensor:
+        """[S, N, K] softmax of each sample."""
+        return self.sample_logits.softmax(-1)
+
+    @cached_property
     def mean_probs(self) -> torch.Tensor:
+        """[N, K] the predictive distribution: the average of the samples' probabilities."""
         return self.sample_probs.mean(0)
 
     @property
@@ -72,7 +88,7 @@ class Predictive(ABC):
         return self.sample_logits(x).softmax(-1)
 
     def predict(self, x: torch.Tensor) -> Prediction:
-        return Prediction(self.sample_probs(x))
+        return Prediction(self.sample_logits(x))
 
 
 def _eval_models(models: Sequence[nn.Module]) -> list[nn.Module]:
