@@ -13,6 +13,7 @@ from trustmap.predictive import (
     Prediction,
     Single,
     make_predictive,
+    predict_kinds,
 )
 
 
@@ -119,3 +120,17 @@ def test_make_predictive_and_bad_inputs(x) -> None:
         Ensemble(members).predict(bad)
     with pytest.raises(DataError, match=r"\[0, 1\]"):
         Single(members[0]).predict(x * 255)
+
+
+def test_predict_kinds_equals_each_predictive_alone(x) -> None:
+    members = _members(3, dropout=0.3)
+    kinds = ["single", "ensemble", "mc-dropout", "ensemble-mc"]
+    shared = predict_kinds(kinds, members, x, samples=4, seed=2)
+    assert list(shared) == kinds
+    for kind in kinds:
+        alone = make_predictive(kind, members, samples=4, seed=2).predict(x)
+        assert torch.equal(shared[kind].sample_logits, alone.sample_logits), kind
+    only_single = predict_kinds(["single"], members, x)
+    assert list(only_single) == ["single"] and only_single["single"].sample_logits.shape[0] == 1
+    with pytest.raises(ConfigError, match="ensemble-mc"):
+        predict_kinds(["bayes"], members, x)

@@ -215,3 +215,28 @@ def make_predictive(kind: str, models: Sequence[nn.Module], samples: int = 20, s
     if kind == "ensemble-mc":
         return EnsembleMC(models, samples, seed, batch_size)
     raise ConfigError(f"unknown predictive {kind!r}; choose one of {', '.join(PREDICTIVES)}")
+
+
+def predict_kinds(kinds: Sequence[str], models: Sequence[nn.Module], x: torch.Tensor,
+                  samples: int = 20, seed: int = 0, batch_size: int = 1024
+                  ) -> dict[str, Prediction]:
+    """Predictions of several predictives, sharing forward passes between them.
+
+    ``single`` is the ensemble's first member and ``mc-dropout`` is the first member's passes
+    within ``ensemble-mc`` (same seeds), so each is sliced out rather than computed again.
+    The results equal ``make_predictive(kind, ...).predict(x)`` exactly.
+    """
+    unknown = [k for k in kinds if k not in PREDICTIVES]
+    if unknown:
+        raise ConfigError(f"unknown predictive {unknown[0]!r}; "
+                          f"choose from {', '.join(PREDICTIVES)}")
+    out: dict[str, Prediction] = {}
+    if {"single", "ensemble"} & set(kinds):
+        logits = Ensemble(models if "ensemble" in kinds else models[:1],
+                          batch_size).sample_logits(x)
+        out["single"], out["ensemble"] = Prediction(logits[:1]), Prediction(logits)
+    if {"mc-dropout", "ensemble-mc"} & set(kinds):
+        pool = models if "ensemble-mc" in kinds else models[:1]
+        logits = EnsembleMC(pool, samples, seed, batch_size).sample_logits(x)
+        out["mc-dropout"], out["ensemble-mc"] = Prediction(logits[:samples]), Prediction(logits)
+    return {kind: out[kind] for kind in kinds}
