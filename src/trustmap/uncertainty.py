@@ -1,0 +1,157 @@
+"""Uncertainty measures: one score per input from a Prediction's samples [S, N, K].
+
+Every measure returns a float tensor [N] where higher means more uncertain (DESIGN.md), with
+natural logarithms (nats). Measures live in a registry so that the report, the CLI and later
+measures (explanation disagreement) are all listed, described and computed the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+
+from trustmap.errors import ConfigError, DataError
+from trustmap.predictive import Prediction
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last axis; xlogy makes 0 log 0 = 0."""
+    return -torch.special.xlogy(probs, probs).sum(-1)
+
+
+def msp(prediction: Prediction) -> torch.Tensor:
+    """One minus the maximum softmax probability of the predictive distribution."""
+    return 1 - prediction.mean_probs.max(1).values
+
+
+def entropy(prediction: Prediction) -> torch.Tensor:
+    """Predictive entropy: total uncertainty, H of the averaged probabilities."""
+    return _entropy(prediction.mean_probs)
+
+
+def expected_entropy(prediction: Prediction) -> torch.Tensor:
+    """Mean entropy of the samples: the aleatoric part of the predictive entropy."""
+    return _entropy(prediction.sample_probs).mean(0)
+
+
+def mutual_information(prediction: Prediction) -> torch.Tensor:
+    """Entropy minus expected entropy: how much the samples disagree (epistemic part).
+
+    Mathematically >= 0 (Jensen); rounding can leave values like -1e-8, which are clamped to 0.
+    """
+    return (entropy(prediction) - expected_entropy(prediction)).clamp_min(0)
+
+
+def variation_ratio(prediction: Prediction) -> torch.Tensor:
+    """Share of samples that did not vote for the modal class."""
+    return 1 - prediction.vote_ratio.to(prediction.mean_probs.dtype)
+
+
+def class_variance(prediction: Prediction) -> torch.Tensor:
+    """Population variance over samples of the probability of the predicted class."""
+    index = prediction.predicted[None, :, None]
+    return torch.take_along_dim(prediction.sample_probs, index, dim=2)[..., 0].var(0, correction=0)
+
+
+def softmax_variance(prediction: Prediction) -> torch.Tensor:
+    """Negated population variance over classes of the averaged probabilities.
+
+    Seed 000's "variance of the softmax vector" (np.var over the K outputs of one model) is
+    high for confident predictions; negating it makes higher mean more uncertain.
+    """
+    return -prediction.mean_probs.var(1, correction=0)
+
+
+def energy(prediction: Prediction) -> torch.Tensor:
+    """Energy score -logsumexp of the sample-averaged logits (Liu et al. 2020).
+
+    It reads logits, not probabilities: on a Prediction built with ``from_probs`` and S = 1 it is
+    0 for every input, so use it only with a model's own logits.
+    """
+    return -torch.logsumexp(prediction.sample_logits.mean(0), dim=1)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A registered uncertainty measure and what a report needs to show it honestly.
+
+    ``needs_multiple_samples`` marks measures that are degenerate for S = 1 (constant, or equal to
+    another measure): they are still computed, and a report can grey them out.
+    """
+
+    name: str
+    definition: str
+    compute: Callable[[Prediction], torch.Tensor]
+    needs_multiple_samples: bool
+
+
+_REGISTRY: dict[str, Measure] = {}
+MEASURES: Mapping[str, Measure] = MappingProxyType(_REGISTRY)
+"""Read-only, live view of the registered measures by name, in registration order."""
+
+
+def register(measure: Measure) -> Measure:
+    """Add a measure to the registry; a name can be registered only once."""
+    if not isinstance(measure, Measure):
+        raise ConfigError(f"register() takes a Measure, got {type(measure).__name__}")
+    if measure.name in _REGISTRY:
+        raise ConfigError(f"an uncertainty measure named {measure.name!r} is already "
+                          "registered; give the new measure another name")
+    _REGISTRY[measure.name] = measure
+    return measure
+
+
+def names() -> tuple[str, ...]:
+    """Names of the registered measures, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> Measure:
+    """The measure called ``name``; an unknown name gets the closest match as a hint."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    close = difflib.get_close_matches(str(name), _REGISTRY, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"unknown uncertainty measure {name!r}{hint}; "
+                      f"known measures: {', '.join(_REGISTRY)}")
+
+
+def _check(prediction: Prediction) -> None:
+    logits = prediction.sample_logits
+    if logits.ndim != 3 or 0 in logits.shape or not logits.is_floating_point():
+        raise DataError("prediction.sample_logits must be a non-empty float tensor [S, N, K]; "
+                        f"got {logits.dtype} of shape {tuple(logits.shape)}")
+    bad = int((~torch.isfinite(logits)).sum())
+    if bad:
+        raise DataError(f"prediction.sample_logits holds {bad} NaN or infinite value(s), so every "
+                        "measure would be NaN; check the model's outputs")
+
+
+def compute(prediction: Prediction, names: Iterable[str] | None = None
+            ) -> dict[str, torch.Tensor]:
+    """Scores [N] of the named measures (all registered ones by default), keyed by name."""
+    selected = list(_REGISTRY.values()) if names is None else [get(n) for n in names]
+    _check(prediction)
+    return {measure.name: measure.compute(prediction) for measure in selected}
+
+
+for _measure in (
+    Measure("msp", "1 - max_k p_k of the mean probabilities p = mean_s p_s", msp, False),
+    Measure("entropy", "H(p) = -sum_k p_k log p_k of the mean probabilities p", entropy, False),
+    Measure("expected_entropy", "mean_s H(p_s), the average entropy of the samples",
+            expected_entropy, True),
+    Measure("mutual_information", "H(mean_s p_s) - mean_s H(p_s), disagreement of the samples",
+            mutual_information, True),
+    Measure("variation_ratio", "1 - (votes for the modal class) / S", variation_ratio, True),
+    Measure("class_variance", "Var_s p_s[c] with c = argmax_k p_k (population variance)",
+            class_variance, True),
+    Measure("softmax_variance", "-Var_k p_k of the mean probabilities (population variance)",
+            softmax_variance, False),
+    Measure("energy", "-log sum_k exp(mean_s z_sk) of the sample-averaged logits z",
+            energy, False),
+):
+    register(_measure)
