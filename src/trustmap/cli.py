@@ -70,6 +70,34 @@ def main(version: Annotated[bool, typer.Option("--version", help="Print the vers
         raise typer.Exit()
 
 
+# --- run -------------------------------------------------------------------------------------
+
+@app.command()
+@friendly_errors
+def run(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="TOML file selecting models, data, measures, attacks.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name: output goes to RUNS_DIR/NAME.")]
+    = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
+    quiet: Quiet = False,
+) -> None:
+    """The main job: train (or reuse) an ensemble, measure uncertainty on ID, OOD and
+    adversarial inputs, and write report.html, metrics.json and per_sample.parquet."""
+    import dataclasses
+
+    from trustmap.studies.config import RunConfig, load_config
+    from trustmap.studies.uncertainty_measures import run as run_study
+
+    settings = load_config(config) if config is not None else RunConfig()
+    if name is not None:
+        settings = dataclasses.replace(settings, name=name)
+    log = (lambda message: None) if quiet else (lambda message: console.print(message))
+    report = run_study(settings, runs_dir, progress=not quiet, log=log,
+                       command="trustmap run" + (f" --config {config}" if config else ""))
+    console.print(f"report: {report}")
+
+
 # --- data ------------------------------------------------------------------------------------
 
 @data_app.command("list")

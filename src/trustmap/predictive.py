@@ -17,6 +17,7 @@ from torch import nn
 
 from trustmap.data.dataset import check_images
 from trustmap.errors import ConfigError, ModelError
+from trustmap.models import channels_last, to_channels_last
 from trustmap.training import forward_in_batches
 
 
@@ -173,10 +174,11 @@ class MCDropout(Predictive):
                 module.train()
             try:
                 parts = []
-                for part in x.split(chunk):
-                    repeated = part.to(device).repeat(self.samples, 1, 1, 1)
-                    logits = self.model(repeated).float().cpu()
-                    parts.append(logits.view(self.samples, len(part), -1))
+                with channels_last(self.model):
+                    for part in x.split(chunk):
+                        repeated = part.to(device).repeat(self.samples, 1, 1, 1)
+                        logits = self.model(to_channels_last(repeated)).float().cpu()
+                        parts.append(logits.view(self.samples, len(part), -1))
             finally:
                 for module in self.dropouts:
                     module.eval()

@@ -27,7 +27,7 @@ import trustmap
 from trustmap.atomic import write_atomic
 from trustmap.data.dataset import Dataset
 from trustmap.errors import CheckpointError, ConfigError
-from trustmap.models import build
+from trustmap.models import build, channels_last, to_channels_last
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -147,8 +147,9 @@ def forward_in_batches(model: nn.Module, images: torch.Tensor, batch_size: int =
                        ) -> torch.Tensor:
     """Logits of ``model`` for all ``images``, computed in chunks to bound memory."""
     device = next(model.parameters()).device
-    return torch.cat([model(chunk.to(device)).float().cpu()
-                      for chunk in images.split(batch_size)])
+    with channels_last(model):
+        return torch.cat([model(to_channels_last(chunk.to(device))).float().cpu()
+                          for chunk in images.split(batch_size)])
 
 
 def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -182,39 +183,37 @@ def fit(
     batches = -(-len(train) // config.batch_size)
     scheduler = config.make_scheduler(optimizer, config.epochs * batches)
     result = FitResult(seed=seed)
-    # Channels-last convolutions run about 1.45x faster on CPU (oneDNN); the model goes
-    # back to the default layout afterwards, so restored checkpoints compute identically.
-    model.to(memory_format=torch.channels_last)
     started = time.perf_counter()
     bar = tqdm(total=config.epochs * batches, desc=description, unit="batch", leave=False,
                disable=None if progress else True)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        order = torch.randperm(len(train), generator=generator)
-        total_loss, epoch_start = 0.0, time.perf_counter()
-        for index in order.split(config.batch_size):
-            x, y = train.images[index].to(device), train.labels[index].to(device)
-            if config.augment:
-                x = augment_batch(x, config.augment, generator)
-            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.item() * len(index)
-            bar.update(1)
-        speed = len(train) / (time.perf_counter() - epoch_start)
-        val_accuracy = val_nll = None
-        if val is not None and len(val) > 0:
-            model.eval()
-            val_accuracy, val_nll = evaluate_logits(forward_in_batches(model, val.images),
-                                                    val.labels)
-        result.history.append(EpochRecord(epoch, total_loss / len(train), val_accuracy,
-                                          val_nll, speed))
-        bar.set_postfix(loss=f"{total_loss / len(train):.4f}",
-                        val_acc="-" if val_accuracy is None else f"{val_accuracy:.4f}")
+    with channels_last(model):  # about 1.45x faster training on CPU
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            order = torch.randperm(len(train), generator=generator)
+            total_loss, epoch_start = 0.0, time.perf_counter()
+            for index in order.split(config.batch_size):
+                x, y = train.images[index].to(device), train.labels[index].to(device)
+                if config.augment:
+                    x = augment_batch(x, config.augment, generator)
+                loss = F.cross_entropy(model(to_channels_last(x)), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total_loss += loss.item() * len(index)
+                bar.update(1)
+            speed = len(train) / (time.perf_counter() - epoch_start)
+            val_accuracy = val_nll = None
+            if val is not None and len(val) > 0:
+                model.eval()
+                val_accuracy, val_nll = evaluate_logits(forward_in_batches(model, val.images),
+                                                        val.labels)
+            result.history.append(EpochRecord(epoch, total_loss / len(train), val_accuracy,
+                                              val_nll, speed))
+            bar.set_postfix(loss=f"{total_loss / len(train):.4f}",
+                            val_acc="-" if val_accuracy is None else f"{val_accuracy:.4f}")
     bar.close()
-    model.to(memory_format=torch.contiguous_format).eval()
+    model.eval()
     result.seconds = time.perf_counter() - started
     return result
 

@@ -269,3 +269,22 @@ def test_wrong_input_shape_is_a_model_error():
         model(images(2, 3))
     with pytest.raises(ModelError, match="in_channels"):
         model(torch.rand(2, 1, 32, 32))
+
+
+def test_channels_last_is_temporary_reentrant_and_exact():
+    from trustmap.models import channels_last, to_channels_last
+
+    model = make("lenet", seed=0).eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+        with channels_last(model):
+            conv = model.features.conv2.weight
+            assert conv.is_contiguous(memory_format=torch.channels_last)
+            with channels_last(model):  # nested: stays channels-last inside
+                pass
+            assert conv.is_contiguous(memory_format=torch.channels_last)
+            fast = model(to_channels_last(x))
+        assert model.features.conv2.weight.is_contiguous()  # restored on exit
+        assert torch.allclose(fast, expected, atol=1e-5)
+        assert torch.equal(model(x), expected)  # outside the block: bit-identical again

@@ -29,6 +29,7 @@ from torch import nn
 from trustmap.data.dataset import check_images
 from trustmap.errors import ConfigError, DataError, ModelError
 from trustmap.evaluate.ood import detection_metrics
+from trustmap.models import channels_last, to_channels_last
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 """x [N, C, H, W] -> log of the predictive's mean probabilities [N, K], differentiable in x."""
@@ -91,7 +92,8 @@ def mean_log_probs(models: Sequence[nn.Module], mc_samples: int = 0) -> Forward:
                 inputs = x.to(device)
                 if passes > 0:
                     inputs = inputs.repeat(passes, 1, 1, 1)
-                logits = model(inputs).float().to(x.device)
+                with channels_last(model):  # faster convolutions; restored after the pass
+                    logits = model(to_channels_last(inputs)).float().to(x.device)
                 samples.append(logits.log_softmax(-1).view(max(passes, 1), len(x), -1))
         stacked = torch.cat(samples)
         return stacked.logsumexp(0) - math.log(len(stacked))

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from trustmap.atomic import write_atomic  # noqa: E402
 from trustmap.data.dataset import Dataset  # noqa: E402
+from trustmap.report.results import RunResults  # noqa: E402
 
 
 def save_figure(figure: Figure, path: Path | str, dpi: int = 120) -> Path:
@@ -43,4 +48,176 @@ def class_grid(dataset: Dataset, per_class: int = 10, max_classes: int = 10) -> 
                 axis.imshow(torch.as_tensor(shown).numpy(), cmap="gray", vmin=0, vmax=1)
         axes[row, 0].set_ylabel(dataset.classes[label], rotation=0, ha="right", va="center")
     figure.suptitle(f"{dataset.name} ({dataset.split}, {len(dataset)} images)")
+    return figure
+
+
+# --- Figures of a run (``RunResults``); each function draws one concept and returns the Figure.
+
+RANKING_MEASURES = ("entropy", "predictive_entropy")
+"""Measures that rank inputs by total uncertainty, preferred in this order for the input grids."""
+
+
+def sample_column(predictive: str, name: str) -> str:
+    """The ``per_sample`` column of ``name`` (a measure, "confidence", ...) under ``predictive``."""
+    return f"{predictive}:{name}"
+
+
+def ranking_measure(results: RunResults) -> str:
+    """Entropy where the run has it, else the first measure: what "most uncertain" means here."""
+    preferred = [m for m in RANKING_MEASURES if m in results.measures]
+    return preferred[0] if preferred else next(iter(results.measures))
+
+
+def dataset_order(results: RunResults) -> list[str]:
+    """The ID set first, then the others in table order, so every figure agrees on colours."""
+    names = dict.fromkeys(results.per_sample["dataset"])
+    return [results.in_distribution] + [name for name in names if name != results.in_distribution]
+
+
+def _colours(results: RunResults) -> dict[str, Any]:
+    palette = plt.get_cmap("tab10").colors
+    return {name: palette[i % len(palette)] for i, name in enumerate(dataset_order(results))}
+
+
+def _finite(values: pd.Series) -> np.ndarray:
+    array = values.to_numpy(dtype=float)
+    return array[np.isfinite(array)]
+
+
+def measure_histogram(results: RunResults, measure: str, predictive: str) -> Figure:
+    """Density of one measure on every dataset over shared bins: how far apart ID and OOD lie."""
+    column = sample_column(predictive, measure)
+    bins = np.histogram_bin_edges(_finite(results.per_sample[column]), bins=40)
+    colours = _colours(results)
+    figure, axis = plt.subplots(figsize=(5.6, 3.4))
+    for name in dataset_order(results):
+        values = _finite(results.per_sample.loc[results.per_sample["dataset"] == name, column])
+        axis.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.3,
+                  color=colours[name])
+        axis.hist(values, bins=bins, density=True, histtype="step", linewidth=1.4,
+                  color=colours[name], label=f"{name} (n={len(values)})")
+    axis.set_xlabel(f"{measure} (higher = more uncertain)")
+    axis.set_ylabel("density")
+    axis.set_title(f"{measure} under {predictive}")
+    axis.legend(fontsize="small")
+    return figure
+
+
+def confidence_scatter(results: RunResults, measure: str, predictive: str,
+                       max_points: int = 2000, seed: int = 0) -> Figure:
+    """Confidence in the predicted class against a measure: where the two disagree is news.
+
+    At most ``max_points`` per dataset, drawn with ``seed``, so large sets stay legible.
+    """
+    column = sample_column(predictive, measure)
+    confidence = sample_column(predictive, "confidence")
+    colours = _colours(results)
+    rng = np.random.default_rng(seed)
+    figure, axis = plt.subplots(figsize=(5.6, 3.8))
+    for name in dataset_order(results):
+        rows = results.per_sample[results.per_sample["dataset"] == name]
+        if len(rows) > max_points:
+            rows = rows.iloc[np.sort(rng.choice(len(rows), max_points, replace=False))]
+        axis.scatter(rows[confidence], rows[column], s=6, alpha=0.45, color=colours[name],
+                     label=name, rasterized=True, linewidths=0)
+    axis.set_xlabel("confidence (mean probability of the predicted class)")
+    axis.set_ylabel(measure)
+    axis.set_title(f"confidence vs {measure} under {predictive}")
+    axis.legend(fontsize="small", markerscale=2.5)
+    return figure
+
+
+def vote_ratio_histogram(results: RunResults, predictive: str) -> Figure:
+    """Share of inputs at each vote ratio, one panel per dataset: how often the samples agree."""
+    column = sample_column(predictive, "vote_ratio")
+    names = dataset_order(results)
+    colours = _colours(results)
+    figure, axes = plt.subplots(1, len(names), sharey=True, squeeze=False,
+                                figsize=(2.6 * len(names) + 0.6, 2.9))
+    for axis, name in zip(axes[0], names, strict=True):
+        values = _finite(results.per_sample.loc[results.per_sample["dataset"] == name, column])
+        ratios, counts = np.unique(values, return_counts=True)
+        axis.bar(ratios, counts / max(len(values), 1), width=0.04, color=colours[name])
+        axis.set_xlim(0, 1.05)
+        axis.set_title(name)
+        axis.set_xlabel("vote ratio")
+    axes[0, 0].set_ylabel("share of inputs")
+    figure.suptitle(f"agreement of the samples of {predictive}")
+    figure.tight_layout()
+    return figure
+
+
+def roc_curves(results: RunResults, ood_set: str, predictive: str) -> Figure:
+    """ROC of every measure separating ``ood_set`` (positives) from the ID set (negatives)."""
+    dataset = results.per_sample["dataset"]
+    rows = results.per_sample[(dataset == results.in_distribution) | (dataset == ood_set)]
+    is_ood = (rows["dataset"] == ood_set).to_numpy()
+    figure, axis = plt.subplots(figsize=(4.6, 4.2))
+    axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="chance")
+    for measure in results.measures:
+        column = sample_column(predictive, measure)
+        if column not in rows:
+            continue
+        fpr, tpr, _ = roc_curve(is_ood, rows[column].to_numpy(dtype=float))
+        axis.plot(fpr, tpr, linewidth=1.6, label=f"{measure} (AUROC {auc(fpr, tpr):.3f})")
+    axis.set_xlabel(f"false positive rate ({results.in_distribution} called OOD)")
+    axis.set_ylabel(f"true positive rate ({ood_set} caught)")
+    axis.set_title(f"{ood_set} vs {results.in_distribution}, {predictive}")
+    axis.set_aspect("equal")
+    axis.legend(fontsize="small", loc="lower right")
+    return figure
+
+
+def reliability_diagram(results: RunResults) -> Figure:
+    """Accuracy against confidence per bin, each stage overlaid, one panel per predictive."""
+    table = results.reliability
+    predictives = [p for p in results.predictives if (table["predictive"] == p).any()]
+    figure, axes = plt.subplots(1, len(predictives), squeeze=False, sharey=True,
+                                figsize=(3.9 * len(predictives) + 0.4, 4.0))
+    for axis, predictive in zip(axes[0], predictives, strict=True):
+        axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
+        rows = table[table["predictive"] == predictive]
+        for stage, bins in rows.groupby("stage", sort=False):
+            calibration = results.calibration[(results.calibration["predictive"] == predictive)
+                                              & (results.calibration["stage"] == stage)]
+            label = str(stage)
+            if len(calibration):
+                first = calibration.iloc[0]
+                label += f" (ECE {first['ece']:.3f}, T={first['temperature']:.2f})"
+            bins = bins[bins["count"] > 0]
+            axis.plot(bins["confidence"], bins["accuracy"], marker="o", linewidth=1.4,
+                      label=label)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_aspect("equal")
+        axis.set_xlabel("confidence")
+        axis.set_title(predictive)
+        axis.legend(fontsize="small", loc="upper left")
+    axes[0, 0].set_ylabel("accuracy")
+    figure.tight_layout()
+    return figure
+
+
+def extreme_inputs(results: RunResults, dataset: str, predictive: str, measure: str,
+                   count: int = 16, columns: int = 8) -> Figure:
+    """The ``count`` most and least uncertain inputs of a dataset with prediction and score."""
+    column = sample_column(predictive, measure)
+    rows = results.per_sample[results.per_sample["dataset"] == dataset].sort_values(
+        column, ascending=False, kind="stable")
+    images = results.images[dataset]
+    blocks = [("most uncertain", rows.head(count)), ("least uncertain", rows.tail(count)[::-1])]
+    lines = -(-count // columns)
+    figure = plt.figure(figsize=(columns * 0.95, 2 * lines * 1.1 + 0.8))
+    for sub, (title, block) in zip(figure.subfigures(2, 1), blocks, strict=True):
+        axes = sub.subplots(lines, columns, squeeze=False,
+                            gridspec_kw={"top": 0.8, "bottom": 0.02, "hspace": 0.55})
+        for axis in axes.flat:
+            axis.set_axis_off()
+        for axis, (_, row) in zip(axes.flat, block.iterrows(), strict=False):
+            image = images[int(row["index"])]
+            shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
+            axis.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+            predicted = int(row[sample_column(predictive, "predicted")])
+            axis.set_title(f"pred {predicted}\n{row[column]:.3f}", fontsize=7)
+        sub.suptitle(f"{dataset}: {title} by {measure} under {predictive}", fontsize=10)
     return figure

@@ -1,0 +1,371 @@
+"""One self-contained HTML page per run: tables to sort, figures beside them, nothing online.
+
+The page reads only ``RunResults``; every number it shows was computed by the study, except
+the ROC points the figures draw. It is written like every other trustmap output: figures into
+a hidden staging folder, then moved beside the page, then the page itself, atomically, last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+from matplotlib.figure import Figure
+
+from trustmap.atomic import write_atomic
+from trustmap.errors import TrustmapError
+from trustmap.report import figures
+from trustmap.report.results import (
+    ADVERSARIAL_COLUMNS,
+    CALIBRATION_COLUMNS,
+    MISCLASSIFICATION_COLUMNS,
+    OOD_COLUMNS,
+    PER_SAMPLE_KEYS,
+    RELIABILITY_COLUMNS,
+    RunResults,
+)
+
+REPORT_NAME = "report.html"
+FIGURES_DIR = "figures"
+DEFAULT_PREDICTIVE = "ensemble"
+
+HIGHER_IS_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
+LOWER_IS_BETTER = {"fpr95", "nll", "brier", "ece", "mce"}
+LABELS = {"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95": "FPR@95%TPR",
+          "nll": "NLL", "ece": "ECE", "mce": "MCE", "ood_set": "OOD set"}
+
+
+@dataclass
+class Cell:
+    text: str
+    sort: str
+    best: bool = False
+    row_header: bool = False
+
+
+@dataclass
+class Table:
+    id: str
+    columns: list[str]
+    numeric: list[bool]
+    rows: list[list[Cell]]
+    degenerate: list[bool]
+
+
+@dataclass
+class FigureRef:
+    src: str
+    caption: str
+
+
+@dataclass
+class Section:
+    """Figures of one theme: ``jobs`` to draw (name, caption, call), ``drawn`` once saved."""
+
+    key: str
+    jobs: list[tuple[str, str, Callable[[], Figure]]] = field(default_factory=list)
+    drawn: list[FigureRef] = field(default_factory=list)
+
+
+@dataclass
+class HeaderItem:
+    label: str
+    text: str = ""
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    preformatted: bool = False
+
+
+def write_report(results: RunResults, out_dir: Path | str, predictive: str | None = None) -> Path:
+    """Write ``out_dir/report.html`` and its ``figures/``; return the page's path.
+
+    ``predictive`` is the one the per-measure figures use: "ensemble" if the run has it, else
+    the first. If any figure or the page fails, the staging folder is removed and an earlier
+    report in ``out_dir`` is left as it was, every figure it points at included.
+    """
+    out_dir = Path(out_dir)
+    _check(results)
+    chosen = _choose_predictive(results, predictive)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir = out_dir / FIGURES_DIR
+    staging = Path(tempfile.mkdtemp(prefix=".figures-", dir=out_dir))
+    try:
+        sections = _plan_figures(results, chosen)
+        for number, (section, name, caption, draw) in enumerate(_jobs(sections), start=1):
+            filename = f"{number:02d}-{_slug(name)}.png"
+            figures.save_figure(draw(), staging / filename)
+            section.drawn.append(FigureRef(f"{FIGURES_DIR}/{filename}", caption))
+        page = _render(results, chosen, sections)
+        figures_dir.mkdir(exist_ok=True)
+        written = {path.name for path in staging.iterdir()}
+        for name in sorted(written):
+            os.replace(staging / name, figures_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report = write_atomic(out_dir / REPORT_NAME, lambda tmp: tmp.write_text(page, "utf-8"))
+    for stale in figures_dir.glob("*.png"):
+        if stale.name not in written:
+            stale.unlink()
+    return report
+
+
+def _choose_predictive(results: RunResults, predictive: str | None) -> str:
+    if predictive is None:
+        return DEFAULT_PREDICTIVE if DEFAULT_PREDICTIVE in results.predictives \
+            else results.predictives[0]
+    if predictive not in results.predictives:
+        raise TrustmapError(f"predictive={predictive!r} is not one of this run's predictives "
+                            f"{results.predictives}; pass one of them or None")
+    return predictive
+
+
+def _check(results: RunResults) -> None:
+    """Fail before drawing anything if a table lacks a column the page reads."""
+    if not results.predictives or not results.measures:
+        raise TrustmapError("RunResults: predictives and measures must not be empty; "
+                            "the study must fill them before writing a report")
+    per_sample = list(PER_SAMPLE_KEYS) + [
+        figures.sample_column(p, name) for p in results.predictives
+        for name in ("predicted", "confidence", "vote_ratio", *results.measures)]
+    expected = {"per_sample": per_sample, "ood": OOD_COLUMNS,
+                "misclassification": MISCLASSIFICATION_COLUMNS, "calibration": CALIBRATION_COLUMNS,
+                "reliability": RELIABILITY_COLUMNS, "adversarial": ADVERSARIAL_COLUMNS}
+    for name, columns in expected.items():
+        missing = [c for c in columns if c not in getattr(results, name).columns]
+        if missing:
+            raise TrustmapError(f"RunResults.{name} lacks the columns {missing}; "
+                                f"see trustmap.report.results for the columns each table has")
+    if not (results.per_sample["dataset"] == results.in_distribution).any():
+        raise TrustmapError(f"RunResults.in_distribution={results.in_distribution!r} has no "
+                            "rows in per_sample; name the ID test set as per_sample does")
+
+
+def _plan_figures(results: RunResults, predictive: str) -> list[Section]:
+    """Every figure the page shows, grouped by section, as deferred drawing calls."""
+    ranking = figures.ranking_measure(results)
+    degenerate = _degenerate(results)
+    distributions = Section("distributions")
+    for measure in results.measures:
+        distributions.jobs += [
+            (f"hist-{measure}", f"{measure} on every dataset, density over shared bins",
+             lambda m=measure: figures.measure_histogram(results, m, predictive)),
+            (f"scatter-{measure}", f"confidence in the predicted class against {measure}",
+             lambda m=measure: figures.confidence_scatter(results, m, predictive))]
+    roc = Section("roc")
+    for ood_set in _ood_sets(results):
+        roc.jobs.append((f"roc-{ood_set}",
+                         f"{ood_set} (positives) against {results.in_distribution} (negatives)",
+                         lambda s=ood_set: figures.roc_curves(results, s, predictive)))
+    reliability = Section("reliability")
+    if len(results.reliability):
+        reliability.jobs.append(("reliability", "accuracy against confidence per bin, before "
+                                 "and after temperature scaling",
+                                 lambda: figures.reliability_diagram(results)))
+    agreement = Section("agreement")
+    for name in results.predictives:
+        if (name, "vote_ratio") not in degenerate:
+            agreement.jobs.append((f"votes-{name}", f"vote ratios of {name} per dataset",
+                                   lambda p=name: figures.vote_ratio_histogram(results, p)))
+    inputs = Section("inputs")
+    for dataset in figures.dataset_order(results):
+        if dataset in results.images:
+            inputs.jobs.append((f"inputs-{dataset}",
+                                f"{dataset}: the 16 most and 16 least uncertain by {ranking}",
+                                lambda d=dataset: figures.extreme_inputs(results, d, predictive,
+                                                                         ranking)))
+    return [distributions, roc, reliability, agreement, inputs]
+
+
+def _jobs(sections: list[Section]) -> Iterable[tuple[Section, str, str, Callable[[], Figure]]]:
+    for section in sections:
+        for name, caption, draw in section.jobs:
+            yield section, name, caption, draw
+
+
+def _slug(name: str) -> str:
+    """A file name from a dataset or measure name, which may hold any character."""
+    kept = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)
+    return kept.strip("-").lower()[:60] or "figure"
+
+
+def _ood_sets(results: RunResults) -> list[str]:
+    return list(dict.fromkeys(results.ood["ood_set"]))
+
+
+def _degenerate(results: RunResults) -> set[tuple[str, str]]:
+    """(predictive, column) pairs constant over every input, e.g. mutual information of a
+    single network: the run does not flag them, so they are recognised by having no spread."""
+    found = set()
+    for predictive in results.predictives:
+        for name in (*results.measures, "vote_ratio"):
+            values = results.per_sample[figures.sample_column(predictive, name)]
+            if values.nunique(dropna=True) <= 1:
+                found.add((predictive, name))
+    return found
+
+
+def _render(results: RunResults, predictive: str, sections: list[Section]) -> str:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    degenerate = _degenerate(results)
+    header = dict(results.header)
+    title = str(header.pop("title", "trustmap report"))
+    return environment.get_template("report.html.j2").render(
+        title=title,
+        header=[_header_item(key, value) for key, value in header.items()],
+        in_distribution=results.in_distribution,
+        predictive=predictive,
+        measures=results.measures,
+        degenerate_measures=sorted({f"{m} under {p}" for p, m in degenerate
+                                    if m in results.measures}),
+        summary=_summary(results),
+        ood_pivot=_table("ood-auroc", _ood_pivot(results), degenerate,
+                         directions=dict.fromkeys(_ood_sets(results), 1)),
+        ood_long=_table("ood-all", _display_order(results, results.ood,
+                                                  ["ood_set", "measure", "predictive"]),
+                        degenerate, group_by=["ood_set"]),
+        misclassification=_table("misclassification", _display_order(
+            results, results.misclassification, ["measure", "predictive"]), degenerate),
+        calibration=_table("calibration", results.calibration, degenerate),
+        adversarial=_table("adversarial", results.adversarial, degenerate,
+                           group_by=["attack", "epsilon", "attacked", "negatives", "subset"]),
+        figures={section.key: section.drawn for section in sections},
+    )
+
+
+def _summary(results: RunResults) -> list[dict[str, Any]]:
+    """Per OOD set, the measure x predictive with the highest AUROC."""
+    lines = []
+    for ood_set in _ood_sets(results):
+        rows = results.ood[(results.ood["ood_set"] == ood_set) & results.ood["auroc"].notna()]
+        if len(rows):
+            best = rows.loc[rows["auroc"].idxmax()]
+            lines.append({"ood_set": ood_set, "measure": best["measure"],
+                          "predictive": best["predictive"], "auroc": _text(best["auroc"]),
+                          "fpr95": _text(best["fpr95"])})
+    return lines
+
+
+def _ood_pivot(results: RunResults) -> pd.DataFrame:
+    """AUROC with rows measure x predictive (display order) and one column per OOD set."""
+    pivot = results.ood.pivot_table(index=["measure", "predictive"], columns="ood_set",
+                                    values="auroc", aggfunc="first", sort=False)
+    order = [(m, p) for m in results.measures for p in results.predictives if (m, p) in pivot.index]
+    pivot = pivot.reindex(index=order, columns=_ood_sets(results))
+    pivot.columns = [str(c) for c in pivot.columns]
+    return pivot.reset_index()
+
+
+def _table(table_id: str, frame: pd.DataFrame, degenerate: set[tuple[str, str]],
+           directions: dict[str, int] | None = None, group_by: list[str] | None = None) -> Table:
+    """Cells formatted to 3 decimals, the best value of each scored column marked.
+
+    ``directions`` maps a column to +1 (higher is better) or -1; by default the known metrics.
+    With ``group_by`` the best is found per group, where ranking across groups (different OOD
+    sets or attacks) would compare unlike things.
+    """
+    frame = frame.reset_index(drop=True)
+    if directions is None:
+        directions = {c: 1 if c in HIGHER_IS_BETTER else -1 for c in frame.columns
+                      if c in HIGHER_IS_BETTER | LOWER_IS_BETTER}
+    codes = frame.groupby(group_by, sort=False, dropna=False).ngroup() if group_by and len(frame) \
+        else pd.Series(0, index=frame.index)
+    groups = [frame.index[codes == code] for code in codes.unique()]
+    best = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    for column, direction in directions.items():
+        for index in groups:
+            values = frame.loc[index, column].astype(float)
+            if values.notna().any():
+                best.loc[index, column] = values == (values.max() if direction > 0
+                                                     else values.min())
+    records = list(frame.astype(object).iterrows())  # object: each cell keeps its own type
+    rows = [[Cell(_text(record[c]), _sort_key(record[c]), bool(best.at[i, c]),
+                  row_header=c in ("measure", "predictive")) for c in frame.columns]
+            for i, record in records]
+    greyed = [(record.get("predictive"), record.get("measure")) in degenerate
+              for _, record in records]
+    return Table(table_id, [LABELS.get(c, c.replace("_", " ")) for c in frame.columns],
+                 [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns], rows, greyed)
+
+
+def _display_order(results: RunResults, frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Rows in the order the run lists OOD sets, predictives and measures, not alphabetical."""
+    ranks = {"ood_set": _ood_sets(results), "predictive": results.predictives,
+             "measure": list(results.measures)}
+    return frame.sort_values(by, kind="stable", key=lambda column: column.map(
+        {value: rank for rank, value in enumerate(ranks[column.name])}))
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text(value: Any) -> str:
+    if _missing(value):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _sort_key(value: Any) -> str:
+    """What the page's script sorts by: the full number, or the text; empty for missing."""
+    if _missing(value):
+        return ""
+    return repr(float(value)) if isinstance(value, numbers.Real) else str(value)
+
+
+def _header_item(key: str, value: Any) -> HeaderItem:
+    """A readable form of one header entry: text, a small table, or JSON as a last resort."""
+    label = key.replace("_", " ")
+    if key == "seconds" and isinstance(value, int | float):
+        return HeaderItem(label, text=_duration(value))
+    if _simple(value):
+        return HeaderItem(label, text=_header_text(value))
+    if isinstance(value, dict) and all(_simple(v) for v in value.values()):
+        return HeaderItem(label, rows=[[str(k), _header_text(v)] for k, v in value.items()])
+    if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        columns = list(dict.fromkeys(c for record in value.values() for c in record))
+        return HeaderItem(label, columns=["", *columns],
+                          rows=[[str(name), *(_header_text(record.get(c, "")) for c in columns)]
+                                for name, record in value.items()])
+    if isinstance(value, list | tuple) and value and all(isinstance(v, dict) for v in value):
+        columns = list(dict.fromkeys(c for record in value for c in record))
+        return HeaderItem(label, columns=columns,
+                          rows=[[_header_text(record.get(c, "")) for c in columns]
+                                for record in value])
+    return HeaderItem(label, text=json.dumps(value, indent=2, default=str), preformatted=True)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _simple(value: Any) -> bool:
+    """A value that reads well on one line: a scalar or a flat list of scalars."""
+    return _scalar(value) or (isinstance(value, list | tuple) and all(map(_scalar, value)))
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if _scalar(value):
+        return str(value)
+    if _simple(value):
+        return ", ".join(map(_header_text, value))
+    return json.dumps(value, default=str)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{seconds:.1f} s ({hours}:{minutes:02d}:{rest:02d})"

