@@ -79,13 +79,20 @@ def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:
     assert metrics["header"]["seed"] == 0 and metrics["header"]["seconds_total"] > 0
 
 
-def test_second_run_reuses_the_checkpoints(small_run) -> None:
+def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     out, _ = small_run
+    first_metrics = json.loads((out / "metrics.json").read_text())
+    assert first_metrics["header"]["cache"] == "nothing reused"
     result = CliRunner().invoke(app, ["run", "--config", str(out.parent / "small.toml"),
                                       "--runs-dir", str(out.parent)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    header = json.loads((out / "metrics.json").read_text())["header"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    header = metrics["header"]
     assert "reused from" in header["model"]
+    # From the cache: 2 attacks, then the forward passes of 7 sets (ID, letters, noise, two
+    # adversarial sets and their noise controls) and of the validation split.
+    assert header["cache"].startswith("10 attack and forward-pass results reused")
+    assert metrics["ood"] == first_metrics["ood"]  # and give the same numbers
     assert len(list((out / "checkpoints").iterdir())) == 1
 
 

@@ -8,6 +8,7 @@ with every measure, evaluates detection, calibration and adversarial detection, 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import platform
@@ -19,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import trustmap
@@ -68,6 +71,35 @@ def checkpoint_dir(out: Path, config: RunConfig) -> Path:
     return out / "checkpoints" / f"{config.model.name}-{digest}"
 
 
+class TensorCache:
+    """Tensors computed from a run's checkpoints, kept in safetensors files by content key.
+
+    Attacks and forward passes are the slow part of a run; their results depend only on the
+    checkpoints and on the settings named in the key, so a second run with the same settings
+    loads them instead (measures, tables and figures are always computed afresh).
+    """
+
+    def __init__(self, directory: Path, scope: str) -> None:
+        self.directory = directory
+        self.scope = scope
+        self.hits = 0
+
+    def get(self, key: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
+            ) -> dict[str, torch.Tensor]:
+        text = json.dumps({"scope": self.scope, **key}, sort_keys=True, default=str)
+        path = self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
+        if path.is_file():
+            try:
+                tensors = load_file(str(path))
+                self.hits += 1
+                return tensors
+            except (OSError, SafetensorError):
+                path.unlink(missing_ok=True)  # damaged: compute again
+        tensors = {k: v.detach().cpu().clone() for k, v in compute().items()}  # no shared views
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+        return tensors
+
+
 def noise_of(adversarial_set: str) -> str:
     """The name of the same-norm noise control of an adversarial set ``adv:...``."""
     return "noise:" + adversarial_set.removeprefix("adv:")
@@ -92,12 +124,25 @@ def _test_sets(config: RunConfig, log: Log) -> tuple[dict[str, Dataset], list[st
     return sets, skipped
 
 
+def _attack(forward: Callable[[torch.Tensor], torch.Tensor], attack: str, epsilon: float,
+            x: torch.Tensor, y: torch.Tensor, steps: int, seed: int, log: Log, attacked: str
+            ) -> dict[str, torch.Tensor]:
+    """One attack and its same-norm noise control, seeded."""
+    log(f"attack {attack} eps={epsilon:g} on the {attacked} model")
+    generator = torch.Generator().manual_seed(seed)
+    kwargs: dict[str, Any] = {} if attack == "fgsm" else {"steps": steps}
+    if attack == "pgd":
+        kwargs["generator"] = generator
+    x_adv = run_attack(attack, forward, x, y, epsilon, **kwargs)
+    return {"adversarial": x_adv, "noise": same_norm_noise(x, x_adv, generator)}
+
+
 def _adversarial_sets(config: RunConfig, members: list[nn.Module], clean: Dataset,
-                      log: Log) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]]]:
+                      cache: TensorCache, log: Log
+                      ) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]]]:
     """Attacked and same-norm-noise copies of the first ``n`` clean test inputs."""
     adv = config.adversarial
     x, y = clean.images[: adv.n], clean.labels[: adv.n]
-    generator = torch.Generator().manual_seed(config.seed)
     sets: dict[str, Dataset] = {}
     info: dict[str, dict[str, Any]] = {}
     for attacked in adv.attacked:
@@ -105,12 +150,11 @@ def _adversarial_sets(config: RunConfig, members: list[nn.Module], clean: Datase
         for attack in adv.attacks:
             for epsilon in adv.epsilons:
                 name = f"adv:{attack}:{epsilon:g}:{attacked}"
-                log(f"attack {attack} eps={epsilon:g} on the {attacked} model")
-                kwargs: dict[str, Any] = {} if attack == "fgsm" else {"steps": adv.steps}
-                if attack == "pgd":
-                    kwargs["generator"] = generator
-                x_adv = run_attack(attack, forward, x, y, epsilon, **kwargs)
-                noisy = same_norm_noise(x, x_adv, generator)
+                attack_now = functools.partial(_attack, forward, attack, epsilon, x, y,
+                                               adv.steps, config.seed, log, attacked)
+                made = cache.get({"set": name, "n": len(x), "steps": adv.steps,
+                                  "seed": config.seed, "data": clean.provenance}, attack_now)
+                x_adv, noisy = made["adversarial"], made["noise"]
                 note = f"{attack} (L-inf, eps {epsilon:g}) against the {attacked} model"
                 provenance = {"source": {"attacked": clean.name, "attack": note},
                               "transforms": [note]}
@@ -121,6 +165,22 @@ def _adversarial_sets(config: RunConfig, members: list[nn.Module], clean: Datase
                      "transforms": [note, "replaced by Gaussian noise of the same L2 norm"]})
                 info[name] = {"attack": attack, "epsilon": epsilon, "attacked": attacked}
     return sets, info
+
+
+def _predict(cache: TensorCache, kinds: list[str], members: list[nn.Module], dataset: Dataset,
+             config: RunConfig) -> dict[str, Prediction]:
+    """Every predictive's sample logits on ``dataset``, from the cache when it has them."""
+    key = {"set": dataset.name, "split": dataset.split, "n": len(dataset),
+           "provenance": dataset.provenance, "kinds": kinds,
+           "mc_samples": config.predictives.mc_samples, "seed": config.seed,
+           "checksum": float(dataset.images.double().sum())}
+
+    def forward() -> dict[str, torch.Tensor]:
+        made = predict_kinds(kinds, members, dataset.images, config.predictives.mc_samples,
+                             config.seed)
+        return {kind: prediction.sample_logits for kind, prediction in made.items()}
+
+    return {kind: Prediction(logits) for kind, logits in cache.get(key, forward).items()}
 
 
 def _per_sample(name: str, dataset: Dataset, predictions: dict[str, Prediction],
@@ -165,11 +225,10 @@ def _misclassification_table(id_set: Dataset, kinds: list[str], measures: list[s
 
 
 def _calibration(kinds: list[str], val: Dataset, test: Dataset, members: list[nn.Module],
-                 config: RunConfig, test_predictions: dict[str, Prediction]
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 config: RunConfig, test_predictions: dict[str, Prediction],
+                 cache: TensorCache) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Before/after temperature scaling, one temperature per predictive fitted on validation."""
-    val_predictions = predict_kinds(kinds, members, val.images, config.predictives.mc_samples,
-                                    config.seed)
+    val_predictions = _predict(cache, kinds, members, val, config)
     rows, bins = [], []
     for kind in kinds:
         log_val = val_predictions[kind].mean_probs.clamp_min(1e-30).log()
@@ -237,13 +296,14 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
 
     sets, skipped = _test_sets(config, log)
     id_name = config.data.in_distribution
-    adv_sets, adv_info = _adversarial_sets(config, members, sets[id_name], log)
+    cache = TensorCache(out / "cache", checkpoints.name)
+    adv_sets, adv_info = _adversarial_sets(config, members, sets[id_name], cache, log)
     sets.update(adv_sets)
 
     log(f"scoring {sum(len(d) for d in sets.values())} inputs in {len(sets)} sets "
         f"under {', '.join(kinds)}")
-    predictions = {name: predict_kinds(kinds, members, d.images, config.predictives.mc_samples,
-                                       config.seed) for name, d in sets.items()}
+    predictions = {name: _predict(cache, kinds, members, d, config)
+                   for name, d in sets.items()}
     scores = {name: {kind: compute(p, measures) for kind, p in by_kind.items()}
               for name, by_kind in predictions.items()}
 
@@ -251,7 +311,7 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
     _, val = split_validation(train, config.model.val_fraction, config.seed)
     assert val is not None  # validate() requires val_fraction > 0
     calibration, reliability = _calibration(kinds, val, sets[id_name], members, config,
-                                            predictions[id_name])
+                                            predictions[id_name], cache)
     results = RunResults(
         header={},
         in_distribution=id_name,
@@ -270,6 +330,8 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
     )
     results.header = _header(config, command, ensemble, sets, skipped, resumed,
                              trained_seconds, time.perf_counter() - started)
+    results.header["cache"] = (f"{cache.hits} attack and forward-pass results reused from "
+                               f"{cache.directory}" if cache.hits else "nothing reused")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "per_sample.parquet",
                  lambda tmp: results.per_sample.to_parquet(tmp, index=False))
