@@ -38,6 +38,7 @@ from trustmap.report.results import (
 REPORT_NAME = "report.html"
 FIGURES_DIR = "figures"
 DEFAULT_PREDICTIVE = "ensemble"
+COLLAPSE_CHARS = 400
 
 HIGHER_IS_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
 LOWER_IS_BETTER = {"fpr95", "nll", "brier", "ece", "mce"}
@@ -84,6 +85,12 @@ class HeaderItem:
     columns: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
     preformatted: bool = False
+
+    @property
+    def collapsed(self) -> bool:
+        """Long entries (a config, a font list) fold away so the results stay near the top."""
+        size = len(self.text) + sum(len(cell) for row in self.rows for cell in row)
+        return size > COLLAPSE_CHARS
 
 
 def write_report(results: RunResults, out_dir: Path | str, predictive: str | None = None) -> Path:
