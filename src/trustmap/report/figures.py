@@ -74,9 +74,25 @@ def dataset_order(results: RunResults) -> list[str]:
     return [results.in_distribution] + [name for name in names if name != results.in_distribution]
 
 
+def compared_sets(results: RunResults) -> list[str]:
+    """The sets whose distributions are compared: all but the same-norm noise controls.
+
+    Those controls (``noise:...``) are negatives of the adversarial protocol, reported in its
+    table; drawn beside twenty other sets they would only crowd the figures.
+    """
+    return [name for name in dataset_order(results) if not name.startswith("noise:")]
+
+
+def _legend_outside(axis: Any, **kwargs: Any) -> None:
+    """A legend to the right of the axes, so many sets never cover the data."""
+    axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                borderaxespad=0.0, **kwargs)
+
+
 def _colours(results: RunResults) -> dict[str, Any]:
-    palette = plt.get_cmap("tab10").colors
-    return {name: palette[i % len(palette)] for i, name in enumerate(dataset_order(results))}
+    palette = plt.get_cmap("tab20").colors
+    names = dict.fromkeys(compared_sets(results) + dataset_order(results))  # compared first
+    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
 
 
 def _finite(values: pd.Series) -> np.ndarray:
@@ -90,7 +106,7 @@ def measure_histogram(results: RunResults, measure: str, predictive: str) -> Fig
     bins = np.histogram_bin_edges(_finite(results.per_sample[column]), bins=40)
     colours = _colours(results)
     figure, axis = plt.subplots(figsize=(5.6, 3.4))
-    for name in dataset_order(results):
+    for name in compared_sets(results):
         values = _finite(results.per_sample.loc[results.per_sample["dataset"] == name, column])
         axis.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.3,
                   color=colours[name])
@@ -99,7 +115,7 @@ def measure_histogram(results: RunResults, measure: str, predictive: str) -> Fig
     axis.set_xlabel(f"{measure} (higher = more uncertain)")
     axis.set_ylabel("density")
     axis.set_title(f"{measure} under {predictive}")
-    axis.legend(fontsize="small")
+    _legend_outside(axis)
     return figure
 
 
@@ -114,7 +130,7 @@ def confidence_scatter(results: RunResults, measure: str, predictive: str,
     colours = _colours(results)
     rng = np.random.default_rng(seed)
     figure, axis = plt.subplots(figsize=(5.6, 3.8))
-    for name in dataset_order(results):
+    for name in compared_sets(results):
         rows = results.per_sample[results.per_sample["dataset"] == name]
         if len(rows) > max_points:
             rows = rows.iloc[np.sort(rng.choice(len(rows), max_points, replace=False))]
@@ -123,25 +139,30 @@ def confidence_scatter(results: RunResults, measure: str, predictive: str,
     axis.set_xlabel("confidence (mean probability of the predicted class)")
     axis.set_ylabel(measure)
     axis.set_title(f"confidence vs {measure} under {predictive}")
-    axis.legend(fontsize="small", markerscale=2.5)
+    _legend_outside(axis, markerscale=2.5)
     return figure
 
 
 def vote_ratio_histogram(results: RunResults, predictive: str) -> Figure:
     """Share of inputs at each vote ratio, one panel per dataset: how often the samples agree."""
     column = sample_column(predictive, "vote_ratio")
-    names = dataset_order(results)
+    names = compared_sets(results)
     colours = _colours(results)
-    figure, axes = plt.subplots(1, len(names), sharey=True, squeeze=False,
-                                figsize=(2.6 * len(names) + 0.6, 2.9))
-    for axis, name in zip(axes[0], names, strict=True):
+    columns = min(len(names), 5)
+    rows = -(-len(names) // columns)
+    figure, axes = plt.subplots(rows, columns, sharey=True, squeeze=False,
+                                figsize=(2.6 * columns + 0.6, 2.6 * rows + 0.3))
+    for axis in axes.flat[len(names):]:
+        axis.set_visible(False)
+    for axis, name in zip(axes.flat, names, strict=False):
         values = _finite(results.per_sample.loc[results.per_sample["dataset"] == name, column])
         ratios, counts = np.unique(values, return_counts=True)
         axis.bar(ratios, counts / max(len(values), 1), width=0.04, color=colours[name])
         axis.set_xlim(0, 1.05)
-        axis.set_title(name)
+        axis.set_title(name, fontsize="small")
         axis.set_xlabel("vote ratio")
-    axes[0, 0].set_ylabel("share of inputs")
+    for row in axes:
+        row[0].set_ylabel("share of inputs")
     figure.suptitle(f"agreement of the samples of {predictive}")
     figure.tight_layout()
     return figure
