@@ -48,6 +48,9 @@ def test_wrong_keys_and_types_are_named(values, message) -> None:
     ({"adversarial": {"epsilons": [0.0]}}, "adversarial.epsilons must be each in (0, 1]"),
     ({"model": {"dropout": 0.0}}, "model.dropout is 0"),
     ({"data": {"ood": ["mnist-embedded"]}}, "must not contain the in-distribution"),
+    ({"adversarial": {"attacked": ["mc-dropout"]}, "predictives": {"kinds": ["ensemble"]}},
+     "not in predictives.kinds"),
+    ({"adversarial": {"attacked": ["bayes"]}}, "choose from single, ensemble, mc-dropout"),
 ])
 def test_wrong_values_list_what_is_allowed(values, message) -> None:
     with pytest.raises(ConfigError) as info:

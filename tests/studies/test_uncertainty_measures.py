@@ -25,7 +25,7 @@ mc_samples = 3
 [adversarial]
 attacks = ["fgsm", "pgd"]
 epsilons = [0.2]
-attacked = ["ensemble"]
+attacked = ["ensemble", "mc-dropout"]
 n = 40
 steps = 2
 """
@@ -61,7 +61,8 @@ def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:
     out, _ = small_run
     metrics = json.loads((out / "metrics.json").read_text())
     ood = pd.DataFrame(metrics["ood"])
-    expected_sets = {"letters", "noise-uniform", "adv:fgsm:0.2:ensemble", "adv:pgd:0.2:ensemble"}
+    expected_sets = {"letters", "noise-uniform", "adv:fgsm:0.2:ensemble", "adv:pgd:0.2:ensemble",
+                     "adv:fgsm:0.2:mc-dropout", "adv:pgd:0.2:mc-dropout"}
     assert set(ood.ood_set) == expected_sets
     assert len(ood) == len(expected_sets) * 4 * len(MEASURES)
     assert ood.auroc.between(0, 1).all()
@@ -89,9 +90,9 @@ def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     header = metrics["header"]
     assert "reused from" in header["model"]
-    # From the cache: 2 attacks, then the forward passes of 7 sets (ID, letters, noise, two
+    # From the cache: 4 attacks, then the forward passes of 11 sets (ID, letters, noise, four
     # adversarial sets and their noise controls) and of the validation split.
-    assert header["cache"].startswith("10 attack and forward-pass results reused")
+    assert header["cache"].startswith("16 attack and forward-pass results reused")
     assert metrics["ood"] == first_metrics["ood"]  # and give the same numbers
     assert len(list((out / "checkpoints").iterdir())) == 1
 

@@ -60,7 +60,8 @@ class AdversarialConfig:
     attacks: tuple[str, ...] = ("fgsm", "pgd")
     epsilons: tuple[float, ...] = (0.1, 0.2)
     attacked: tuple[str, ...] = ("single", "ensemble")
-    """Whose gradients make the attack: the single model or the ensemble mean."""
+    """Whose gradients make the attack: the single model, the ensemble mean, or the
+    MC-dropout mean (``mc-dropout``, sampling ``predictives.mc_samples`` masks per step)."""
     n: int = 500
     steps: int = 10
 
@@ -161,7 +162,8 @@ def validate(config: RunConfig) -> RunConfig:
     _allowed("predictives.kinds", config.predictives.kinds, PREDICTIVES)
     _allowed("measures.names", config.measures.names, measure_names())
     _allowed("adversarial.attacks", config.adversarial.attacks, list(ATTACKS))
-    _allowed("adversarial.attacked", config.adversarial.attacked, ("single", "ensemble"))
+    _allowed("adversarial.attacked", config.adversarial.attacked,
+             ("single", "ensemble", "mc-dropout"))
     checks = [
         ("data.max_per_set", config.data.max_per_set >= 1, ">= 1"),
         ("model.members", config.model.members >= 1, ">= 1"),
@@ -178,6 +180,11 @@ def validate(config: RunConfig) -> RunConfig:
     for where, ok, rule in checks:
         if not ok:
             raise ConfigError(f"{where} must be {rule}")
+    missing = [a for a in config.adversarial.attacked if a not in config.predictives.kinds]
+    if missing:
+        raise ConfigError(f"adversarial.attacked names {missing[0]!r}, which is not in "
+                          "predictives.kinds; an attack's success is judged by the predictive "
+                          "it attacked, so add it there")
     if config.data.in_distribution in config.data.ood:
         raise ConfigError(f"data.ood must not contain the in-distribution set "
                           f"{config.data.in_distribution!r}")

@@ -129,6 +129,7 @@ def _attack(forward: Callable[[torch.Tensor], torch.Tensor], attack: str, epsilo
             ) -> dict[str, torch.Tensor]:
     """One attack and its same-norm noise control, seeded."""
     log(f"attack {attack} eps={epsilon:g} on the {attacked} model")
+    torch.manual_seed(seed)  # the dropout masks of an attack on the MC-dropout mean
     generator = torch.Generator().manual_seed(seed)
     kwargs: dict[str, Any] = {} if attack == "fgsm" else {"steps": steps}
     if attack == "pgd":
@@ -146,7 +147,9 @@ def _adversarial_sets(config: RunConfig, members: list[nn.Module], clean: Datase
     sets: dict[str, Dataset] = {}
     info: dict[str, dict[str, Any]] = {}
     for attacked in adv.attacked:
-        forward = mean_log_probs(members[:1] if attacked == "single" else members)
+        forward = mean_log_probs(members if attacked == "ensemble" else members[:1],
+                                 config.predictives.mc_samples if attacked == "mc-dropout"
+                                 else 0)
         for attack in adv.attacks:
             for epsilon in adv.epsilons:
                 name = f"adv:{attack}:{epsilon:g}:{attacked}"
