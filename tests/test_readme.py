@@ -25,3 +25,13 @@ def test_ci_runs_the_readme_commands_verbatim() -> None:
 
 def test_main_command_installs_the_cpu_torch_pin() -> None:
     assert "torch==2.13.0" in _command("main-command")
+
+
+def test_the_readme_config_example_is_the_default_config() -> None:
+    import tomllib
+
+    from trustmap.studies.config import RunConfig, parse_config, validate
+
+    block = re.search(r"```toml\n(.+?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "README has no ```toml example"
+    assert validate(parse_config(tomllib.loads(block.group(1)))) == RunConfig()
