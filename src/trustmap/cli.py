@@ -196,6 +196,7 @@ def train(
 ) -> None:
     """Train an ensemble (resuming an interrupted run) and print its test accuracy."""
     from trustmap.data import load
+    from trustmap.evaluate.calibration import calibration_metrics
     from trustmap.predictive import Ensemble
     from trustmap.training import RunSpec, TrainConfig, evaluate_logits, fit_ensemble
 
@@ -226,15 +227,14 @@ def train(
     predictive = Ensemble([m.to(torch_device) for m in run.members])
     prediction = predictive.predict(test_set.images)
     table = Table("model", "test accuracy", "test NLL", title=f"{data} test ({len(test_set)})")
-    for index, logits in enumerate(predictive.sample_logits(test_set.images)):
+    for index, logits in enumerate(prediction.sample_logits):  # members' passes, reused
         accuracy, nll = evaluate_logits(logits, test_set.labels)
         table.add_row(f"member {index + 1}", f"{accuracy:.4f}", f"{nll:.4f}")
-    mean_probs = prediction.mean_probs
-    ensemble_accuracy = float((prediction.predicted == test_set.labels).float().mean())
-    ensemble_nll = float(-mean_probs[torch.arange(len(test_set)), test_set.labels]
-                         .clamp_min(1e-12).log().mean())
+    ensemble = calibration_metrics(prediction.mean_probs, test_set.labels)
+    ensemble_accuracy = ensemble["accuracy"]
     vote_accuracy = float((prediction.majority_vote == test_set.labels).float().mean())
-    table.add_row("ensemble (mean of softmax)", f"{ensemble_accuracy:.4f}", f"{ensemble_nll:.4f}")
+    table.add_row("ensemble (mean of softmax)", f"{ensemble_accuracy:.4f}",
+                  f"{ensemble['nll']:.4f}")
     table.add_row("ensemble (majority vote)", f"{vote_accuracy:.4f}", "")
     console.print(table)
     console.print(f"ensemble test accuracy: {ensemble_accuracy:.4f}  (run saved in {out})")
