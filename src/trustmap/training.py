@@ -248,7 +248,9 @@ def split_validation(train: Dataset, fraction: float, seed: int) -> tuple[Datase
 # --- checkpoints -----------------------------------------------------------------------------
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
+    """Write ``payload`` as indented JSON, atomically; values JSON lacks become strings."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=str)
+                                                  + "\n"))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

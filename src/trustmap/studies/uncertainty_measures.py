@@ -47,7 +47,7 @@ from trustmap.predictive import Prediction, predict_kinds
 from trustmap.report.html import write_report
 from trustmap.report.results import RunResults
 from trustmap.studies.config import RunConfig, validate
-from trustmap.training import RunSpec, TrainConfig, fit_ensemble, split_validation
+from trustmap.training import RunSpec, TrainConfig, fit_ensemble, split_validation, write_json
 from trustmap.uncertainty import MEASURES, compute
 
 Log = Callable[[str], None]
@@ -272,10 +272,6 @@ def _adversarial_table(info: dict[str, dict[str, Any]], clean_name: str, n: int,
         columns=columns)
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=str)))
-
-
 def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
         log: Log = print, command: str = "trustmap run") -> Path:
     """The whole study; returns the path of ``report.html``."""
@@ -340,7 +336,7 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
                  lambda tmp: results.per_sample.to_parquet(tmp, index=False))
     report = write_report(results, out)
     results.header["seconds_total"] = round(time.perf_counter() - started, 1)  # with drawing
-    _write_json(out / "metrics.json", _metrics(results))
+    write_json(out / "metrics.json", _metrics(results))
     return report
 
 
