@@ -1,0 +1,1 @@
+"""Attribution methods and their uncertainty over a predictive's samples."""
