@@ -130,7 +130,8 @@ def test_every_measure_but_expected_entropy_rises_when_samples_disagree() -> Non
 
 def test_single_sample_degenerate_measures_are_flagged_and_still_computed() -> None:
     pred = Prediction(torch.randn(1, 5, 4, generator=torch.Generator().manual_seed(2)))
-    flagged = {m.name for m in u.MEASURES.values() if m.needs_multiple_samples}
+    flagged = {m.name for m in u.MEASURES.values()
+               if m.needs_multiple_samples and m.attributions is None}
     assert flagged == {"expected_entropy", "mutual_information", "variation_ratio",
                        "class_variance"}
     scores = u.compute(pred)
@@ -140,8 +141,10 @@ def test_single_sample_degenerate_measures_are_flagged_and_still_computed() -> N
 
 
 def test_registry_lists_and_describes_every_measure() -> None:
-    assert u.names() == ("msp", "entropy", "expected_entropy", "mutual_information",
-                         "variation_ratio", "class_variance", "softmax_variance", "energy")
+    # Explanation-disagreement measures join once trustmap.explain.aggregate is imported.
+    assert tuple(n for n in u.names() if u.get(n).attributions is None) == (
+        "msp", "entropy", "expected_entropy", "mutual_information", "variation_ratio",
+        "class_variance", "softmax_variance", "energy")
     for name, measure in u.MEASURES.items():
         assert measure.name == name and u.get(name) is measure
         assert measure.definition and "\n" not in measure.definition

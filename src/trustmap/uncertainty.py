@@ -80,13 +80,16 @@ class Measure:
     """A registered uncertainty measure and what a report needs to show it honestly.
 
     ``needs_multiple_samples`` marks measures that are degenerate for S = 1 (constant, or equal to
-    another measure): they are still computed, and a report can grey them out.
+    another measure): they are still computed, and a report can grey them out. ``attributions``
+    names the attribution method a measure of explanation disagreement reads from
+    ``prediction.sample_attributions``; None for measures of the probabilities alone.
     """
 
     name: str
     definition: str
     compute: Callable[[Prediction], torch.Tensor]
     needs_multiple_samples: bool
+    attributions: str | None = None
 
 
 _REGISTRY: dict[str, Measure] = {}
@@ -133,9 +136,22 @@ def _check(prediction: Prediction) -> None:
 
 def compute(prediction: Prediction, names: Iterable[str] | None = None
             ) -> dict[str, torch.Tensor]:
-    """Scores [N] of the named measures (all registered ones by default), keyed by name."""
-    selected = list(_REGISTRY.values()) if names is None else [get(n) for n in names]
+    """Scores [N] of the named measures, keyed by name.
+
+    By default: every registered measure the prediction can feed (explanation measures only
+    when their maps are attached); a named measure whose maps are missing raises.
+    """
+    if names is None:
+        selected = [m for m in _REGISTRY.values()
+                    if m.attributions is None or m.attributions in prediction.sample_attributions]
+    else:
+        selected = [get(n) for n in names]
     _check(prediction)
+    for measure in selected:
+        if measure.attributions and measure.attributions not in prediction.sample_attributions:
+            raise ConfigError(f"measure {measure.name!r} reads the {measure.attributions!r} maps "
+                              "of every sample, which this prediction does not carry; attach "
+                              "them with trustmap.explain.aggregate.explained(...)")
     return {measure.name: measure.compute(prediction) for measure in selected}
 
 

@@ -1,1 +1,26 @@
-"""Attribution methods and their uncertainty over a predictive's samples."""
+"""Attribution methods and their uncertainty over a predictive's samples.
+
+    from trustmap.explain import attribute, attribute_samples, summarize
+    maps = attribute("gradcam", model, x, target)              # [N, C, H, W]
+    samples = attribute_samples("lrp-epsilon-plus", Ensemble(members), x)   # [S, N, C, H, W]
+    summary = summarize(samples)                                # mean, std, CV maps
+
+Importing this package registers the explanation-disagreement measures with
+``trustmap.uncertainty`` (``gradcam_cv``, ``<method>_rank_disagreement``, ...).
+"""
+
+from trustmap.explain.aggregate import (
+    attribute_samples,
+    class_saliency,
+    cosine_disagreement,
+    explained,
+    rank_disagreement,
+    seed000_uncertainty,
+    summarize,
+)
+from trustmap.explain.methods import METHODS, attribute, get, names
+from trustmap.explain.reduce import REDUCERS, reduce
+
+__all__ = ["METHODS", "REDUCERS", "attribute", "attribute_samples", "class_saliency",
+           "cosine_disagreement", "explained", "get", "names", "rank_disagreement", "reduce",
+           "seed000_uncertainty", "summarize"]
