@@ -262,7 +262,7 @@ def predict(
     torch_device = _device(device)
     if out is not None and out.suffix not in (".csv", ".parquet"):
         raise ConfigError(f"--out {out}: use a .csv or .parquet file name")
-    ensemble = load_ensemble(run, torch_device)
+    ensemble = load_ensemble(_checkpoints(run), torch_device)
     dataset = load(data, split)
     started = time.perf_counter()
     prediction = make_predictive(predictive, ensemble.members, samples, seed).predict(
@@ -289,6 +289,118 @@ def predict(
         console.print(f"{data} has other classes than the run was trained on "
                       f"({ensemble.data['name']}): no accuracy (an out-of-distribution set)")
     console.print(f"wrote {path}")
+
+
+def _checkpoints(run: Path) -> Path:
+    """A `trustmap train` directory as given, or the checkpoints inside a `trustmap run` one."""
+    inner = run / "checkpoints"
+    if run.is_dir() and not (run / "run.json").exists() and inner.is_dir():
+        found = sorted((d for d in inner.iterdir() if (d / "run.json").exists()),
+                       key=lambda d: d.stat().st_mtime)
+        if found:
+            if len(found) > 1:
+                console.print(f"{run} holds {len(found)} ensembles; using the newest, {found[-1]}")
+            return found[-1]
+    return run
+
+
+@app.command()
+@friendly_errors
+def explain(
+    run: Annotated[Path, typer.Option(
+        help="Run directory of `trustmap train`, or of `trustmap run` (runs/NAME).")],
+    data: Annotated[str, typer.Option(help="Dataset whose inputs to explain.")] = "mnist-embedded",
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    methods: Annotated[str, typer.Option(
+        help="Comma-separated attribution methods (see `trustmap explain --list`).")
+    ] = "gradient,gradcam,lrp-epsilon-plus",
+    predictive: Annotated[str, typer.Option(
+        help="Whose samples explain: single, ensemble, mc-dropout or ensemble-mc.")
+    ] = "ensemble",
+    n: Annotated[int, typer.Option(help="Explain the first N inputs.")] = 16,
+    samples: Annotated[int, typer.Option(help="MC dropout passes per model.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the MC dropout masks.")] = 0,
+    out: Annotated[Path | None, typer.Option(
+        help="Output folder (default: RUN/explain-DATA-PREDICTIVE).")] = None,
+    list_methods: Annotated[bool, typer.Option(
+        "--list", help="List the attribution methods and exit.")] = False,
+    device: Device = "cpu",
+) -> None:
+    """Explain inputs with every sample of a predictive: maps, their mean and std, disagreement.
+
+    Writes maps.safetensors (per method: every sample's maps, mean and std), scores.csv (one row
+    per input: prediction and the disagreement of the samples' maps) and grid.png.
+    """
+    from safetensors.torch import save_file
+
+    from trustmap.data import load
+    from trustmap.explain.aggregate import (
+        attribute_samples,
+        cosine_disagreement,
+        rank_disagreement,
+        seed000_uncertainty,
+        summarize,
+    )
+    from trustmap.explain.methods import get
+    from trustmap.explain.methods import names as method_names
+    from trustmap.predictive import make_predictive
+    from trustmap.report.explain_figures import explanation_grid
+    from trustmap.report.figures import save_figure
+    from trustmap.training import load_ensemble
+
+    if list_methods:
+        for name in method_names():
+            console.print(name)
+        return
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    if not chosen:
+        raise ConfigError("--methods is empty; name at least one method, e.g. --methods gradient")
+    for method in chosen:
+        get(method)  # unknown names fail before any work
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1, got {n}")
+    ensemble = load_ensemble(_checkpoints(run), _device(device))
+    dataset = load(data, split)
+    x = dataset.images[:n]
+    sampler = make_predictive(predictive, ensemble.members, samples, seed)
+    prediction = sampler.predict(x)
+    columns: dict[str, Any] = {"index": range(len(x)), "label": dataset.labels[:n].numpy(),
+                               "predicted": prediction.predicted.numpy()}
+    tensors: dict[str, torch.Tensor] = {}
+    means, stds, disagreement = {}, {}, {}
+    for method in chosen:
+        started = time.perf_counter()
+        maps = attribute_samples(method, sampler, x, prediction.predicted)
+        seconds = time.perf_counter() - started
+        summary = summarize(maps)
+        tensors |= {f"{method}/samples": maps, f"{method}/mean": summary.mean,
+                    f"{method}/std": summary.std}
+        rank = rank_disagreement(maps)
+        columns[f"{method}:rank_disagreement"] = rank.numpy()
+        columns[f"{method}:cosine_disagreement"] = cosine_disagreement(maps).numpy()
+        if method == "gradcam":
+            columns["gradcam:cv"] = seed000_uncertainty(maps).numpy()
+        summed = maps.sum(2)
+        means[method], stds[method] = summed.mean(0), summed.std(0, correction=0)
+        disagreement[method] = rank.tolist()
+        console.print(f"{method}: {maps.shape[0] * maps.shape[1]} maps in {seconds:.2f} s "
+                      f"({maps.shape[0] * maps.shape[1] / seconds:,.0f} maps/s), mean rank "
+                      f"disagreement {float(rank.mean()):.3f}")
+    folder = out or run / f"explain-{data}-{predictive}"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "maps.safetensors",
+                 lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
+    _write_table(pd.DataFrame(columns), folder / "scores.csv")
+    shown = min(len(x), 12)
+    labels = [f"{data} {i} · {dataset.classes[int(c)]}"
+              for i, c in enumerate(prediction.predicted[:shown])]
+    save_figure(explanation_grid(x[:shown], labels, chosen,
+                                 {m: v[:shown] for m, v in means.items()},
+                                 {m: v[:shown] for m, v in stds.items()},
+                                 f"std across {predictive}",
+                                 {m: v[:shown] for m, v in disagreement.items()}),
+                folder / "grid.png")
+    console.print(f"wrote {folder}/maps.safetensors, scores.csv and grid.png")
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:

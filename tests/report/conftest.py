@@ -10,13 +10,15 @@ import pytest
 import torch
 
 from trustmap.report.html import write_report
-from trustmap.report.results import RunResults
+from trustmap.report.results import ExplanationResults, RunResults
 
 DATASETS = {"mnist": 40, "letters": 30, "noise": 24}  # the first is in-distribution
 PREDICTIVES = ["single", "ensemble"]
 MEASURES = {"entropy": "entropy of the mean probabilities",
             "mutual_information": "entropy minus the mean entropy of the samples",
-            "variation_ratio": "1 - vote ratio"}
+            "variation_ratio": "1 - vote ratio",
+            "gradcam_rank_disagreement": "1 - mean pairwise Spearman of the members' maps"}
+EXPLAINED = "ensemble"  # the explanation measure is scored under this predictive only
 
 # AUROC per (ood_set, measure, predictive); the best of each OOD set is not its first row.
 OOD_AUROC = {
@@ -30,6 +32,8 @@ OOD_AUROC = {
     ("noise", "mutual_information", "ensemble"): 0.951,
     ("noise", "variation_ratio", "single"): 0.5,
     ("noise", "variation_ratio", "ensemble"): 0.942,
+    ("letters", "gradcam_rank_disagreement", "ensemble"): 0.644,
+    ("noise", "gradcam_rank_disagreement", "ensemble"): 0.702,
 }
 BEST = {"letters": ("mutual_information", "ensemble", 0.912),
         "noise": ("entropy", "ensemble", 0.987)}
@@ -58,7 +62,8 @@ def _per_sample(rng: np.random.Generator) -> pd.DataFrame:
                  "ensemble:confidence": mean[np.arange(n), predicted],
                  "ensemble:vote_ratio": votes, "ensemble:entropy": entropy,
                  "ensemble:mutual_information": entropy + (probs * np.log(probs)).sum(2).mean(0),
-                 "ensemble:variation_ratio": 1 - votes}
+                 "ensemble:variation_ratio": 1 - votes,
+                 "ensemble:gradcam_rank_disagreement": rng.uniform(0, 1, n)}
         frames.append(pd.DataFrame(frame))
     return pd.concat(frames, ignore_index=True)
 
@@ -73,6 +78,35 @@ def _reliability() -> pd.DataFrame:
                              confidence - gap * confidence, 8))
     return pd.DataFrame(rows, columns=["predictive", "stage", "bin_lower", "bin_upper",
                                        "confidence", "accuracy", "count"])
+
+
+def _explanations(generator: torch.Generator) -> ExplanationResults:
+    methods = ["gradient", "gradcam"]
+    steps = range(8)
+    perturbation = pd.DataFrame(
+        [(m, order, k, (0.9 - 0.1 * k) if order == "morf" else 0.9 - 0.01 * k, 0.02)
+         for m in methods for order in ("morf", "lerf") for k in steps],
+        columns=["method", "order", "step", "mean", "sem"])
+    aopc = pd.DataFrame([("gradient", "morf", 0.312, 0.01, 5.5), ("gradcam", "morf", 0.274, 0.01,
+                                                                    6.0),
+                         ("gradient", "lerf", 0.031, 0.004, 8.0),
+                         ("gradcam", "lerf", 0.052, 0.004, 8.0)],
+                        columns=["method", "order", "aopc", "sem", "flips_to_change"])
+    layers = ["original", "fc2", "fc1", "conv2", "conv1"]
+    sanity = pd.DataFrame([(m, k, layers[k], 1.0 - k * (0.2 if m == "gradient" else 0.02), 0.03)
+                           for m in methods for k in range(5)],
+                          columns=["method", "step", "layer", "similarity", "sem"])
+    return ExplanationResults(
+        predictive=EXPLAINED, measures=["gradcam_rank_disagreement"], methods=methods,
+        examples=torch.rand(3, 1, 28, 28, generator=generator),
+        example_labels=["mnist · 7", "letters · 2", "noise · 8"],
+        mean_maps={m: torch.randn(3, 28, 28, generator=generator) for m in methods},
+        std_maps={m: torch.rand(3, 28, 28, generator=generator) for m in methods},
+        disagreement={m: [0.1, 0.5, 0.7] for m in methods}, class_method="guided-backprop",
+        class_names=[str(k) for k in range(10)],
+        class_means=torch.rand(10, 28, 28, generator=generator),
+        class_sems=0.05 * torch.rand(10, 28, 28, generator=generator), class_n=20,
+        perturbation=perturbation, aopc=aopc, sanity=sanity)
 
 
 def make_results() -> RunResults:
@@ -121,6 +155,7 @@ def make_results() -> RunResults:
         adversarial=adversarial,
         images={name: torch.rand(n, 1, 28, 28, generator=generator)
                 for name, n in DATASETS.items()},
+        explanations=_explanations(generator),
     )
 
 

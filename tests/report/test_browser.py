@@ -59,7 +59,7 @@ def test_images_load_and_nothing_errs(opened: tuple[sync_api.Page, list[str]],
     page, problems = opened
     images = page.eval_on_selector_all(
         "img", "imgs => imgs.map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
-    assert len(images) == 13
+    assert len(images) == 20
     assert [src for src, complete, width in images if not complete or width == 0] == []
     for table in ("ood-auroc", "ood-all", "misclassification", "calibration", "adversarial"):
         assert page.locator(f"#{table} tbody tr").count() > 0, table

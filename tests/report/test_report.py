@@ -80,15 +80,16 @@ def page(written_report: Path) -> Page:
 
 
 def test_every_image_is_a_png_beside_the_report(written_report: Path, page: Page) -> None:
-    # 3 measures x (histogram + scatter), 2 ROC, 1 reliability, 1 vote ratio (the single
-    # network never disagrees with itself), 3 input grids.
-    assert len(page.images) == 13
+    # 4 measures x (histogram + scatter), 2 ROC, 1 reliability, 1 vote ratio (the single
+    # network never disagrees with itself), 3 input grids, 5 explanation figures (map grid,
+    # class panel, one class in detail, region perturbation, sanity).
+    assert len(page.images) == 20
     for src in page.images:
         path = written_report.parent / src
         assert not Path(src).is_absolute() and path.is_file(), src
         assert path.read_bytes()[:8] == PNG_MAGIC, src
     assert sorted(p.name for p in written_report.parent.iterdir()) == ["figures", "report.html"]
-    assert len(list((written_report.parent / "figures").iterdir())) == 13
+    assert len(list((written_report.parent / "figures").iterdir())) == 20
 
 
 def test_ood_tables_hold_the_run_numbers_and_mark_the_best(
@@ -168,6 +169,7 @@ def test_a_rewrite_removes_figures_it_no_longer_draws(written_report: Path,
     shutil.copytree(written_report.parent, out)
     results.images = {}
     results.measures = {"entropy": results.measures["entropy"]}
+    results.explanations = None
     report = write_report(results, out, predictive="single")
     linked = sorted(Path(src).name for src in Page(report.read_text("utf-8")).images)
     assert sorted(p.name for p in (out / "figures").iterdir()) == linked
@@ -203,3 +205,25 @@ def test_extreme_inputs_show_the_most_uncertain_first(results: RunResults) -> No
     assert len(titles) == 32
     assert titles[0] == f"pred {top['ensemble:predicted']}\n{top['ensemble:entropy']:.3f}"
     assert titles[16] == f"pred {bottom['ensemble:predicted']}\n{bottom['ensemble:entropy']:.3f}"
+
+
+def test_explanation_section_answers_seed_000_and_shows_faithfulness(page: Page) -> None:
+    """Explanation disagreement beside entropy and MI per OOD set, as the run measured them."""
+    row = page.row("explanation-vs-probability", "letters", "ensemble")
+    assert row["cells"][2:] == ["gradcam_rank_disagreement", "0.644", "0.874", "0.912"]
+    row = page.row("explanation-vs-probability", "noise", "ensemble")
+    assert row["cells"][2:] == ["gradcam_rank_disagreement", "0.702", "0.987", "0.951"]
+    assert len(page.rows("explanation-vs-probability")) == 2  # scored under ensemble only
+    morf = page.row("aopc", "gradient", "morf")
+    assert morf["cells"][2] == "0.312" and morf["best"][2]  # best AOPC under MoRF is marked
+    assert not page.row("aopc", "gradcam", "morf")["best"][2]
+    for name in ("explanation-grid", "class-saliency", "region-perturbation", "sanity"):
+        assert any(name in src for src in page.images), name
+
+
+def test_a_run_without_explanations_says_so(results: RunResults, tmp_path: Path) -> None:
+    results.explanations = None
+    results.measures.pop("gradcam_rank_disagreement")
+    results.ood = results.ood[results.ood["measure"] != "gradcam_rank_disagreement"]
+    text = write_report(results, tmp_path).read_text("utf-8")
+    assert "This run computed no explanations." in text

@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from trustmap.cli import app
 from trustmap.uncertainty import MEASURES
 
+EXPLAINED = ("ensemble", "mc-dropout")  # the default explanations.predictives
+
 SMALL = """
 name = "small"
 [data]
@@ -51,8 +53,12 @@ def test_run_writes_report_metrics_and_per_sample(small_run) -> None:
     assert sizes["mnist-embedded"] == 120 and sizes["letters"] == 120
     assert sizes["adv:pgd:0.2:ensemble"] == 40 and sizes["noise:pgd:0.2:ensemble"] == 40
     for kind in ("single", "ensemble", "mc-dropout", "ensemble-mc"):
-        for measure in MEASURES:
-            assert f"{kind}:{measure}" in frame.columns
+        for name, measure in MEASURES.items():
+            # explanation disagreement is scored under explanations.predictives only
+            scored = measure.attributions is None or kind in EXPLAINED
+            assert (f"{kind}:{name}" in frame.columns) == scored, (kind, name)
+    cv = frame["ensemble:gradcam_cv"]
+    assert cv.between(0, 1).all() and cv.std() > 0  # 2 members: CV <= sqrt(2 - 1)
     ensemble = frame[frame.dataset == "mnist-embedded"]
     assert ((ensemble["ensemble:predicted"] == ensemble["label"]).mean()) > 0.8
 
@@ -64,7 +70,8 @@ def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:
     expected_sets = {"letters", "noise-uniform", "adv:fgsm:0.2:ensemble", "adv:pgd:0.2:ensemble",
                      "adv:fgsm:0.2:mc-dropout", "adv:pgd:0.2:mc-dropout"}
     assert set(ood.ood_set) == expected_sets
-    assert len(ood) == len(expected_sets) * 4 * len(MEASURES)
+    plain = [m for m in MEASURES.values() if m.attributions is None]
+    assert len(ood) == len(expected_sets) * (4 * len(plain) + 2 * (len(MEASURES) - len(plain)))
     assert ood.auroc.between(0, 1).all()
     # Uniform noise is far from digits: the ensemble's entropy separates it well even here.
     row = ood[(ood.ood_set == "noise-uniform") & (ood.predictive == "ensemble")
@@ -91,8 +98,9 @@ def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     header = metrics["header"]
     assert "reused from" in header["model"]
     # From the cache: 4 attacks, then the forward passes of 11 sets (ID, letters, noise, four
-    # adversarial sets and their noise controls) and of the validation split.
-    assert header["cache"].startswith("16 attack and forward-pass results reused")
+    # adversarial sets and their noise controls) and of the validation split, then the
+    # explanation-disagreement scores of the 11 sets x 2 predictives x 4 methods.
+    assert header["cache"].startswith("104 attack, forward-pass and explanation results reused")
     assert metrics["ood"] == first_metrics["ood"]  # and give the same numbers
     assert len(list((out / "checkpoints").iterdir())) == 1
 
@@ -103,3 +111,18 @@ def test_a_wrong_config_key_is_a_one_line_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["run", "--config", str(config)])
     assert result.exit_code == 2
     assert "unknown key 'model.membrs'" in result.output and "members" in result.output
+
+
+def test_metrics_hold_the_explanation_quality(small_run) -> None:
+    out, _ = small_run
+    explanations = json.loads((out / "metrics.json").read_text())["explanations"]
+    assert explanations["predictive"] == "ensemble"
+    assert "gradcam_cv" in explanations["measures"]
+    aopc = pd.DataFrame(explanations["aopc"])
+    methods = ["gradient", "gradcam", "guided-backprop", "lrp-epsilon-plus"]
+    assert set(zip(aopc.method, aopc.order, strict=True)) == {
+        *((m, o) for m in methods for o in ("morf", "lerf")), ("random", "random")}
+    sanity = pd.DataFrame(explanations["sanity"])
+    assert set(sanity.method) == set(methods)
+    original = sanity[sanity.step == 0]
+    assert (original.similarity > 0.99).all()  # every method repeats itself

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from trustmap.atomic import write_atomic
 from trustmap.errors import TrustmapError
-from trustmap.report import figures
+from trustmap.report import explain_figures, figures
 from trustmap.report.results import (
     ADVERSARIAL_COLUMNS,
     CALIBRATION_COLUMNS,
@@ -143,7 +143,13 @@ def _check(results: RunResults) -> None:
                             "the study must fill them before writing a report")
     per_sample = list(PER_SAMPLE_KEYS) + [
         figures.sample_column(p, name) for p in results.predictives
-        for name in ("predicted", "confidence", "vote_ratio", *results.measures)]
+        for name in ("predicted", "confidence", "vote_ratio")]
+    unscored = [m for m in results.measures
+                if not any(figures.sample_column(p, m) in results.per_sample.columns
+                           for p in results.predictives)]
+    if unscored:
+        raise TrustmapError(f"RunResults.per_sample has no column for the measures {unscored} "
+                            "under any predictive; score them or leave them out of measures")
     expected = {"per_sample": per_sample, "ood": OOD_COLUMNS,
                 "misclassification": MISCLASSIFICATION_COLUMNS, "calibration": CALIBRATION_COLUMNS,
                 "reliability": RELIABILITY_COLUMNS, "adversarial": ADVERSARIAL_COLUMNS}
@@ -163,6 +169,8 @@ def _plan_figures(results: RunResults, predictive: str) -> list[Section]:
     degenerate = _degenerate(results)
     distributions = Section("distributions")
     for measure in results.measures:
+        if figures.sample_column(predictive, measure) not in results.per_sample.columns:
+            continue  # an explanation measure scored under other predictives only
         distributions.jobs += [
             (f"hist-{measure}", f"{measure} on every dataset, density over shared bins",
              lambda m=measure: figures.measure_histogram(results, m, predictive)),
@@ -190,7 +198,45 @@ def _plan_figures(results: RunResults, predictive: str) -> list[Section]:
                                 f"{dataset}: the 16 most and 16 least uncertain by {ranking}",
                                 lambda d=dataset: figures.extreme_inputs(results, d, predictive,
                                                                          ranking)))
-    return [distributions, roc, reliability, agreement, inputs]
+    return [distributions, roc, reliability, agreement, inputs, *_explanation_figures(results)]
+
+
+def _explanation_figures(results: RunResults) -> tuple[Section, Section]:
+    """The maps (grid, class saliency maps) and their quality (faithfulness, sanity)."""
+    section, quality = Section("explanations"), Section("explanation-quality")
+    found = results.explanations
+    if found is None:
+        return section, quality
+    section.jobs.append((
+        "explanation-grid", f"mean map and std across the {found.predictive}'s samples, side by "
+        "side, for inputs of every set (signed maps: red positive, blue negative); the number "
+        "under each std map is the input's rank disagreement",
+        lambda: explain_figures.explanation_grid(
+            found.examples, found.example_labels, found.methods, found.mean_maps,
+            found.std_maps, f"std across {found.predictive}", found.disagreement)))
+    section.jobs.append((
+        "class-saliency", f"class saliency maps: mean of |{found.class_method}| (min-max per "
+        f"map) over {found.class_n} test inputs of each class, explaining that class",
+        lambda: explain_figures.class_saliency_panel(
+            found.class_means, found.class_sems, found.class_names,
+            f"{found.class_method}, {found.class_n} inputs per class")))
+    section.jobs.append((
+        "class-saliency-0", f"the class saliency map of {found.class_names[0]} with its "
+        "standard error: column and row sums with ± summed-SEM bands, and the flattened profile",
+        lambda: explain_figures.class_saliency_map(
+            found.class_means[0], found.class_sems[0],
+            f"{found.class_names[0]}: mean ± SEM of {found.class_n} maps")))
+    if len(found.perturbation):
+        quality.jobs.append((
+            "region-perturbation", "probability of the explained class as the most (MoRF) or "
+            "least (LeRF) relevant patches are removed; a faithful map drops it fast under MoRF",
+            lambda: explain_figures.perturbation_curves(found.perturbation)))
+    if len(found.sanity):
+        quality.jobs.append((
+            "sanity", "Spearman correlation of each method's maps with the original model's as "
+            "the layers are randomised from the top: a map that ignores the model stays near 1",
+            lambda: explain_figures.sanity_curves(found.sanity)))
+    return section, quality
 
 
 def _jobs(sections: list[Section]) -> Iterable[tuple[Section, str, str, Callable[[], Figure]]]:
@@ -215,7 +261,10 @@ def _degenerate(results: RunResults) -> set[tuple[str, str]]:
     found = set()
     for predictive in results.predictives:
         for name in (*results.measures, "vote_ratio"):
-            values = results.per_sample[figures.sample_column(predictive, name)]
+            column = figures.sample_column(predictive, name)
+            if column not in results.per_sample.columns:
+                continue
+            values = results.per_sample[column]
             if values.nunique(dropna=True) <= 1:
                 found.add((predictive, name))
     return found
@@ -248,7 +297,35 @@ def _render(results: RunResults, predictive: str, sections: list[Section]) -> st
         adversarial=_table("adversarial", results.adversarial, degenerate,
                            group_by=["attack", "epsilon", "attacked", "negatives", "subset"]),
         figures={section.key: section.drawn for section in sections},
+        explanations=results.explanations,
+        explanation_vs_probability=_table(
+            "explanation-vs-probability", _explanation_vs_probability(results), set(),
+            directions={}),
+        aopc=_table("aopc", results.explanations.aopc, set(),
+                    directions={"aopc": 1}, group_by=["order"])
+        if results.explanations is not None else None,
     )
+
+
+def _explanation_vs_probability(results: RunResults) -> pd.DataFrame:
+    """Per OOD set and explained predictive: the best explanation-disagreement measure's AUROC
+    beside entropy's and mutual information's, which is seed 000's question answered."""
+    if results.explanations is None:
+        return pd.DataFrame()
+    ood = results.ood
+    explained = ood[ood["measure"].isin(results.explanations.measures)]
+    rows = []
+    for (ood_set, predictive), group in explained.groupby(["ood_set", "predictive"], sort=False):
+        best = group.loc[group["auroc"].idxmax()] if group["auroc"].notna().any() \
+            else group.iloc[0]
+        row = {"ood_set": ood_set, "predictive": predictive,
+               "best explanation measure": best["measure"], "its auroc": best["auroc"]}
+        for measure in ("entropy", "mutual_information"):
+            match = ood[(ood["ood_set"] == ood_set) & (ood["predictive"] == predictive)
+                        & (ood["measure"] == measure)]
+            row[f"{measure} auroc"] = float(match["auroc"].iloc[0]) if len(match) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _summary(results: RunResults) -> list[dict[str, Any]]:

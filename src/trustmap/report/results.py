@@ -29,6 +29,43 @@ ADVERSARIAL_COLUMNS = ("attack", "epsilon", "attacked", "success_rate", "negativ
 plus noise of the perturbation's L2 norm); ``subset``: "all" attempts or "successful" only."""
 
 
+PERTURBATION_COLUMNS = ("method", "order", "step", "mean", "sem")
+"""Mean probability of the explained class after ``step`` patches were removed, over inputs."""
+AOPC_COLUMNS = ("method", "order", "aopc", "sem", "flips_to_change")
+SANITY_COLUMNS = ("method", "step", "layer", "similarity", "sem")
+"""Spearman correlation with the original maps after the top ``step`` layers were randomised."""
+
+
+@dataclass
+class ExplanationResults:
+    """The explanation section: maps of a predictive's samples, and how good the maps are."""
+
+    predictive: str
+    """Whose samples' maps the grid shows (e.g. the ensemble's members)."""
+    measures: list[str]
+    """The explanation-disagreement measures among ``RunResults.measures``."""
+    methods: list[str]
+    examples: torch.Tensor
+    """[E, C, H, W] example inputs: some of every test set."""
+    example_labels: list[str]
+    mean_maps: dict[str, torch.Tensor]
+    """Method -> [E, H, W] mean over samples of the channel-summed maps."""
+    std_maps: dict[str, torch.Tensor]
+    """Method -> [E, H, W] std over samples (population) of the channel-summed maps."""
+    disagreement: dict[str, list[float]]
+    """Method -> rank disagreement of each example."""
+    class_method: str
+    class_names: list[str]
+    class_means: torch.Tensor
+    """[K, H, W] class saliency maps (mean over inputs of one class, explaining that class)."""
+    class_sems: torch.Tensor
+    """[K, H, W] their standard errors per pixel."""
+    class_n: int
+    perturbation: pd.DataFrame
+    aopc: pd.DataFrame
+    sanity: pd.DataFrame
+
+
 @dataclass
 class RunResults:
     """Everything one ``trustmap run`` measured, ready to render."""
@@ -48,3 +85,4 @@ class RunResults:
     adversarial: pd.DataFrame
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Dataset name -> float32 [N, C, H, W] images in ``per_sample`` row order (by ``index``)."""
+    explanations: ExplanationResults | None = None

@@ -67,6 +67,27 @@ class AdversarialConfig:
 
 
 @dataclass(frozen=True)
+class ExplanationConfig:
+    methods: tuple[str, ...] = ("gradient", "gradcam", "guided-backprop", "lrp-epsilon-plus")
+    """Methods of the report's map grid, faithfulness curves and sanity check."""
+    predictives: tuple[str, ...] = ("ensemble", "mc-dropout")
+    """Predictives whose samples' maps are compared, where the run has them: the explanation-
+    disagreement measures are scored under these only (each costs S maps per input per method);
+    the report shows the first one's maps."""
+    examples: int = 2
+    """Example inputs per test set in the grid of maps."""
+    class_method: str = "guided-backprop"
+    """Method of the class saliency maps (seed 001: guided backprop, |.|, min-max per map)."""
+    class_n: int = 100
+    """Inputs per class averaged into a class saliency map."""
+    faithfulness_n: int = 200
+    """ID test inputs for region perturbation (patches removed most/least relevant first)."""
+    patch: int = 4
+    sanity_n: int = 32
+    """ID test inputs for the cascading parameter-randomisation check."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -76,6 +97,7 @@ class RunConfig:
     predictives: PredictiveConfig = field(default_factory=PredictiveConfig)
     measures: MeasureConfig = field(default_factory=MeasureConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    explanations: ExplanationConfig = field(default_factory=ExplanationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -145,10 +167,21 @@ def _allowed(where: str, values: tuple[str, ...], allowed: list[str] | tuple[str
                               f"choose from {', '.join(allowed)}")
 
 
+def explained_kinds(config: RunConfig) -> list[str]:
+    """The predictives whose samples' maps are compared: the run's, in the explanations order.
+
+    The first one's maps are the ones the report shows.
+    """
+    return [k for k in config.explanations.predictives if k in config.predictives.kinds]
+
+
 def validate(config: RunConfig) -> RunConfig:
     """Check names against the registries and numbers against their ranges."""
+    import trustmap.explain.aggregate  # noqa: F401  (registers the explanation measures)
     from trustmap.data.catalog import REGISTRY as DATASETS
     from trustmap.evaluate.adversarial import ATTACKS
+    from trustmap.explain.methods import SINGLE_PASS
+    from trustmap.explain.methods import names as method_names
     from trustmap.models import names as model_names
     from trustmap.predictive import PREDICTIVES
     from trustmap.training import AUGMENTATIONS, OPTIMIZERS
@@ -164,6 +197,17 @@ def validate(config: RunConfig) -> RunConfig:
     _allowed("adversarial.attacks", config.adversarial.attacks, list(ATTACKS))
     _allowed("adversarial.attacked", config.adversarial.attacked,
              ("single", "ensemble", "mc-dropout"))
+    explanations = config.explanations
+    _allowed("explanations.methods", explanations.methods, method_names())
+    _allowed("explanations.class_method", (explanations.class_method,), method_names())
+    _allowed("explanations.predictives", explanations.predictives, PREDICTIVES)
+    kinds = explained_kinds(config)
+    if not kinds:
+        raise ConfigError("explanations.predictives names none of predictives.kinds; name at "
+                          "least one predictive the run has (its samples' maps are compared)")
+    if kinds[0] in ("mc-dropout", "ensemble-mc"):
+        _allowed(f"explanations.methods (shown for {kinds[0]}, where every pass draws new "
+                 "dropout masks)", explanations.methods, sorted(SINGLE_PASS))
     checks = [
         ("data.max_per_set", config.data.max_per_set >= 1, ">= 1"),
         ("model.members", config.model.members >= 1, ">= 1"),
@@ -176,6 +220,12 @@ def validate(config: RunConfig) -> RunConfig:
         ("adversarial.steps", config.adversarial.steps >= 1, ">= 1"),
         ("adversarial.epsilons", all(0 < e <= 1 for e in config.adversarial.epsilons),
          "each in (0, 1] (images are in [0, 1])"),
+        ("explanations.examples", explanations.examples >= 1, ">= 1"),
+        ("explanations.class_n", explanations.class_n >= 2, ">= 2 (a standard error needs two)"),
+        ("explanations.faithfulness_n", explanations.faithfulness_n >= 1, ">= 1"),
+        ("explanations.patch", 1 <= explanations.patch <= 28 and 28 % explanations.patch == 0,
+         "a divisor of 28 (1, 2, 4, 7, 14 or 28)"),
+        ("explanations.sanity_n", explanations.sanity_n >= 2, ">= 2"),
     ]
     for where, ok, rule in checks:
         if not ok:

@@ -47,6 +47,7 @@ from trustmap.predictive import Prediction, predict_kinds
 from trustmap.report.html import write_report
 from trustmap.report.results import RunResults
 from trustmap.studies.config import RunConfig, validate
+from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
 from trustmap.training import RunSpec, TrainConfig, fit_ensemble, split_validation, write_json
 from trustmap.uncertainty import MEASURES, compute
 
@@ -74,8 +75,9 @@ def checkpoint_dir(out: Path, config: RunConfig) -> Path:
 class TensorCache:
     """Tensors computed from a run's checkpoints, kept in safetensors files by content key.
 
-    Attacks and forward passes are the slow part of a run; their results depend only on the
-    checkpoints and on the settings named in the key, so a second run with the same settings
+    Attacks, forward passes and the maps behind explanation disagreement are the slow part of
+    a run; their results depend only on the checkpoints and on the settings named in the key,
+    so a second run with the same settings
     loads them instead (measures, tables and figures are always computed afresh).
     """
 
@@ -206,7 +208,7 @@ def _ood_table(id_name: str, ood_names: list[str], kinds: list[str], measures: l
     rows = []
     for ood in ood_names:
         for kind in kinds:
-            for measure in measures:
+            for measure in [m for m in measures if m in scores[id_name][kind]]:
                 metrics = detection_metrics(scores[id_name][kind][measure],
                                             scores[ood][kind][measure])
                 rows.append({"ood_set": ood, "predictive": kind, "measure": measure, **metrics})
@@ -221,7 +223,7 @@ def _misclassification_table(id_set: Dataset, kinds: list[str], measures: list[s
         correct = predictions[kind].predicted == id_set.labels
         if bool(correct.all()) or not bool(correct.any()):
             continue  # no errors (or no hits): nothing to detect
-        for measure in measures:
+        for measure in [m for m in measures if m in scores[kind]]:
             rows.append({"predictive": kind, "measure": measure,
                          **misclassification_metrics(scores[kind][measure], correct)})
     return pd.DataFrame(rows)
@@ -259,9 +261,10 @@ def _adversarial_table(info: dict[str, dict[str, Any]], clean_name: str, n: int,
         successful = success(labels, before, after)
         rate = success_rate(labels, before, after)
         for kind in kinds:
-            clean = {m: scores[clean_name][kind][m][:n] for m in measures}
-            noise = {m: scores[noise_of(name)][kind][m] for m in measures}
-            adv = {m: scores[name][kind][m] for m in measures}
+            measures_here = [m for m in measures if m in scores[name][kind]]
+            clean = {m: scores[clean_name][kind][m][:n] for m in measures_here}
+            noise = {m: scores[noise_of(name)][kind][m] for m in measures_here}
+            adv = {m: scores[name][kind][m] for m in measures_here}
             table = detection_table(clean, noise, adv, successful)
             frames.append(table.assign(attack=meta["attack"], epsilon=meta["epsilon"],
                                        attacked=attacked, success_rate=rate,
@@ -303,8 +306,17 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
         f"under {', '.join(kinds)}")
     predictions = {name: _predict(cache, kinds, members, d, config)
                    for name, d in sets.items()}
-    scores = {name: {kind: compute(p, measures) for kind, p in by_kind.items()}
+    plain = [m for m in measures if MEASURES[m].attributions is None]
+    scores = {name: {kind: compute(p, plain) for kind, p in by_kind.items()}
               for name, by_kind in predictions.items()}
+    if len(plain) < len(measures):
+        log(f"explanation disagreement under {', '.join(config.explanations.predictives)}")
+        for name, dataset in sets.items():
+            made = explanation_scores(cache, kinds, measures, members, dataset,
+                                      predictions[name], config)
+            for kind, values in made.items():
+                scores[name][kind].update(values)
+    explanations = explanation_results(members, sets, config, measures, log)
 
     ood_names = [n for n in sets if n != id_name and not n.startswith("noise:")]
     _, val = split_validation(train, config.model.val_fraction, config.seed)
@@ -326,11 +338,13 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
         adversarial=_adversarial_table(adv_info, id_name, config.adversarial.n, kinds,
                                        measures, sets[id_name], predictions, scores),
         images={name: d.images for name, d in sets.items()},
+        explanations=explanations,
     )
     results.header = _header(config, command, ensemble, sets, skipped, resumed,
                              trained_seconds, time.perf_counter() - started)
-    results.header["cache"] = (f"{cache.hits} attack and forward-pass results reused from "
-                               f"{cache.directory}" if cache.hits else "nothing reused")
+    results.header["cache"] = (f"{cache.hits} attack, forward-pass and explanation results "
+                               f"reused from {cache.directory}" if cache.hits
+                               else "nothing reused")
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "per_sample.parquet",
                  lambda tmp: results.per_sample.to_parquet(tmp, index=False))
@@ -369,4 +383,9 @@ def _metrics(results: RunResults) -> dict[str, Any]:
     return {"header": results.header, "ood": records(results.ood),
             "misclassification": records(results.misclassification),
             "calibration": records(results.calibration),
-            "adversarial": records(results.adversarial)}
+            "adversarial": records(results.adversarial),
+            "explanations": None if results.explanations is None else {
+                "predictive": results.explanations.predictive,
+                "measures": results.explanations.measures,
+                "aopc": records(results.explanations.aopc),
+                "sanity": records(results.explanations.sanity)}}

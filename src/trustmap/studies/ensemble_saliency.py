@@ -1,0 +1,168 @@
+"""Seeds 000 and 001 inside ``trustmap run``: what the members' maps say, and whether to trust them.
+
+Seed 000 asked whether the disagreement of an ensemble's Grad-CAM maps flags inputs the model
+should not be trusted on; seed 001 averaged guided-backprop maps into class saliency maps with a
+standard error. Here both run on the run's own ensemble: explanation-disagreement measures are
+scored next to entropy and mutual information (so the OOD table answers seed 000's question), and
+the report shows the maps, class saliency maps, and how faithful (region perturbation) and how
+model-dependent (parameter randomisation) each method's maps are.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from trustmap.data import Dataset
+from trustmap.evaluate.faithfulness import region_perturbation
+from trustmap.evaluate.sanity import parameter_randomisation
+from trustmap.explain.aggregate import attribute_samples, class_saliency, rank_disagreement
+from trustmap.explain.methods import get
+from trustmap.explain.reduce import reduce
+from trustmap.predictive import Prediction, Predictive, make_predictive
+from trustmap.report.results import ExplanationResults
+from trustmap.studies.config import RunConfig, explained_kinds
+from trustmap.uncertainty import MEASURES, compute
+
+Log = Callable[[str], None]
+Cache = Any  # uncertainty_measures.TensorCache; typed loosely to keep the import one-way
+
+
+def explanation_scores(cache: Cache, kinds: list[str], measures: list[str],
+                       members: list[nn.Module], dataset: Dataset,
+                       predictions: dict[str, Prediction], config: RunConfig
+                       ) -> dict[str, dict[str, torch.Tensor]]:
+    """Scores [N] of the selected explanation measures, for each explained predictive.
+
+    The maps of every sample are computed once per (predictive, method), for the class the
+    predictive predicts, and fed to every measure that reads that method; only the scores are
+    cached (the maps of a whole set would be hundreds of megabytes).
+    """
+    by_method: dict[str, list[str]] = {}
+    for name in measures:
+        method = MEASURES[name].attributions
+        if method is not None:
+            by_method.setdefault(method, []).append(name)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for kind in explained_kinds(config):
+        predictive = make_predictive(kind, members, config.predictives.mc_samples, config.seed)
+        out[kind] = {}
+        for method, names in by_method.items():
+            key = {"explained": dataset.name, "n": len(dataset), "kind": kind, "method": method,
+                   "measures": names, "mc_samples": config.predictives.mc_samples,
+                   "seed": config.seed, "provenance": dataset.provenance,
+                   "checksum": float(dataset.images.double().sum())}
+            out[kind].update(cache.get(key, functools.partial(
+                _disagreement, method, names, predictive, dataset.images, predictions[kind])))
+    return out
+
+
+def _disagreement(method: str, names: list[str], predictive: Predictive, images: torch.Tensor,
+                  prediction: Prediction) -> dict[str, torch.Tensor]:
+    maps = attribute_samples(method, predictive, images, prediction.predicted)
+    return compute(replace(prediction, sample_attributions={method: maps}), names)
+
+
+def _examples(sets: dict[str, Dataset], per_set: int) -> tuple[torch.Tensor, list[str]]:
+    """A few inputs of the ID set, of every OOD set, and of the strongest attack."""
+    attacks = [n for n in sets if n.startswith("adv:")]
+    strongest = max(attacks, key=lambda n: float(n.split(":")[2]), default=None)
+    chosen = [n for n in sets if not n.startswith(("adv:", "noise:"))]
+    chosen += [strongest] if strongest else []
+    images = torch.cat([sets[n].images[:per_set] for n in chosen])
+    labels = [n for n in chosen for _ in range(min(per_set, len(sets[n])))]
+    return images, labels
+
+
+def _grid(members: list[nn.Module], sets: dict[str, Dataset], config: RunConfig
+          ) -> tuple[str, torch.Tensor, list[str], dict[str, Any], dict[str, Any],
+                     dict[str, list[float]]]:
+    kind = explained_kinds(config)[0]
+    predictive = make_predictive(kind, members, config.predictives.mc_samples, config.seed)
+    images, set_names = _examples(sets, config.explanations.examples)
+    predicted = predictive.predict(images).predicted
+    classes = sets[config.data.in_distribution].classes
+    labels = [f"{name} · {classes[int(c)]}" for name, c in zip(set_names, predicted, strict=True)]
+    means, stds, disagreement = {}, {}, {}
+    for method in config.explanations.methods:
+        samples = attribute_samples(method, predictive, images, predicted)
+        summed = samples.sum(2)  # [S, E, H, W]
+        means[method] = summed.mean(0)
+        stds[method] = summed.std(0, correction=0)
+        disagreement[method] = rank_disagreement(samples).tolist()
+    return kind, images, labels, means, stds, disagreement
+
+
+def _class_maps(model: nn.Module, test: Dataset, config: RunConfig
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Seed 001: per class, mean ± SEM of |map| min-max normalised, explaining that class."""
+    n = config.explanations.class_n
+    index = [(test.labels == k).nonzero().flatten()[:n] for k in range(test.num_classes)]
+    n = min(len(i) for i in index)
+    chosen = torch.cat([i[:n] for i in index])
+    maps = get(config.explanations.class_method)(model, test.images[chosen], test.labels[chosen])
+    maps = reduce(maps, ["sum_channels", "absolute", "minmax"]).view(test.num_classes, n,
+                                                                     *maps.shape[1:])
+    stats = [class_saliency(maps[k], k, k) for k in range(test.num_classes)]
+    return (torch.stack([s.mean[0] for s in stats]), torch.stack([s.sem[0] for s in stats]), n)
+
+
+def _faithfulness(model: nn.Module, test: Dataset, config: RunConfig
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    x = test.images[: config.explanations.faithfulness_n]
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    curves, rows = [], []
+    runs: list[tuple[str, str, torch.Tensor]] = []
+    for method in config.explanations.methods:
+        maps = get(method)(model, x, target)
+        runs += [(method, "morf", maps), (method, "lerf", maps)]
+    runs.append(("random", "random", torch.zeros_like(x)))
+    for method, order, maps in runs:
+        curve = region_perturbation(model, x, maps, target, patch=config.explanations.patch,
+                                    order=order, seed=config.seed)
+        probs = curve.probs
+        sem = probs.std(0, correction=1) / len(x) ** 0.5 if len(x) > 1 else probs[0] * 0
+        curves.append(pd.DataFrame({"method": method, "order": order,
+                                    "step": range(probs.shape[1]), "mean": probs.mean(0),
+                                    "sem": sem}))
+        aopc = curve.aopc
+        rows.append({"method": method, "order": order, "aopc": float(aopc.mean()),
+                     "sem": float(aopc.std(correction=1) / len(x) ** 0.5) if len(x) > 1 else 0.0,
+                     "flips_to_change": float(curve.flips_to_change.float().mean())})
+    return pd.concat(curves, ignore_index=True), pd.DataFrame(rows)
+
+
+def _sanity(model: nn.Module, test: Dataset, config: RunConfig) -> pd.DataFrame:
+    x = test.images[: config.explanations.sanity_n]
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    frames = [parameter_randomisation(model, x, target, get(method), seed=config.seed)
+              .assign(method=method) for method in config.explanations.methods]
+    return pd.concat(frames, ignore_index=True)[["method", "step", "layer", "similarity", "sem"]]
+
+
+def explanation_results(members: list[nn.Module], sets: dict[str, Dataset], config: RunConfig,
+                        measures: list[str], log: Log) -> ExplanationResults:
+    """Everything the report's explanation section shows."""
+    test = sets[config.data.in_distribution]
+    model = members[0]
+    log(f"explaining examples with {', '.join(config.explanations.methods)}")
+    kind, images, labels, means, stds, disagreement = _grid(members, sets, config)
+    log(f"class saliency maps ({config.explanations.class_method}), region perturbation and "
+        "the parameter-randomisation check on the first member")
+    class_means, class_sems, n = _class_maps(model, test, config)
+    perturbation, aopc = _faithfulness(model, test, config)
+    return ExplanationResults(
+        predictive=kind, measures=[m for m in measures if MEASURES[m].attributions],
+        methods=list(config.explanations.methods), examples=images,
+        example_labels=labels, mean_maps=means, std_maps=stds, disagreement=disagreement,
+        class_method=config.explanations.class_method, class_names=list(test.classes),
+        class_means=class_means, class_sems=class_sems, class_n=n,
+        perturbation=perturbation, aopc=aopc, sanity=_sanity(model, test, config))
