@@ -5,7 +5,8 @@ trustmap explains every member of ``Ensemble(members)`` with ``attribute_samples
 chunks of 256); Captum runs its own class for the same method on the same members and chunks;
 the loop calls trustmap's method on one input at a time, as seed 000's notebook did (on the
 first ``--loop-n`` inputs: the rate is per map, so a subset measures it). LRP is also timed
-against one forward + backward pass of the same models (the goal: at most 3x). Runs
+against one forward + backward pass of the same models in the same (channels-last) layout
+(the goal: at most 3x). Runs
 interleave and the median of the repeats is printed, so all columns see the same machine load.
 
     .venv/bin/python benchmarks/attribution_throughput.py
@@ -27,7 +28,7 @@ from trustmap.data import load
 from trustmap.explain.aggregate import attribute_samples
 from trustmap.explain.core import module_named
 from trustmap.explain.methods import METHODS, get
-from trustmap.models import build
+from trustmap.models import build, channels_last, to_channels_last
 from trustmap.predictive import Ensemble
 
 CHUNK = 256
@@ -80,10 +81,12 @@ def _loop(method: str, members: list[nn.Module], x: torch.Tensor, target: torch.
 
 
 def _forward_backward(members: list[nn.Module], x: torch.Tensor, target: torch.Tensor) -> None:
+    """One forward and one backward to the input, in the layout trustmap explains in."""
     for member in members:
-        for part, part_target in zip(x.split(CHUNK), target.split(CHUNK), strict=True):
-            leaf = part.clone().requires_grad_()
-            member(leaf).gather(1, part_target[:, None]).sum().backward()
+        with channels_last(member):
+            for part, part_target in zip(x.split(CHUNK), target.split(CHUNK), strict=True):
+                leaf = to_channels_last(part).requires_grad_()
+                member(leaf).gather(1, part_target[:, None]).sum().backward()
 
 
 def main() -> None:

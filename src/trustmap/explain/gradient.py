@@ -17,7 +17,14 @@ import torch
 from torch import nn
 
 from trustmap.errors import ConfigError, DataError
-from trustmap.explain.core import Target, as_targets, check_inputs, frozen_parameters, selected
+from trustmap.explain.core import (
+    PASS_SIZE,
+    Target,
+    as_targets,
+    check_inputs,
+    frozen_parameters,
+    selected,
+)
 
 IG_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
               "gausslegendre")
@@ -103,14 +110,15 @@ def _baseline(baseline: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target: Target, *,
                          baseline: float | torch.Tensor = 0.0, steps: int = 32,
                          method: str = "gausslegendre",
-                         chunk_size: int | None = None) -> torch.Tensor:
+                         chunk_size: int | None = PASS_SIZE) -> torch.Tensor:
     """(x - baseline) times the path integral of the gradient from baseline to x.
 
     The baseline lives in image space ([0, 1], before the model's normalisation); a tensor
     broadcasts to x. Step positions and weights are Captum's for every `method`, so results
     equal ``IntegratedGradients(model).attribute(x, baselines, target, n_steps, method)``.
-    All steps of all inputs go through one pass, or, when `chunk_size` is given, passes of at
-    most `chunk_size` images (whole steps of all inputs where they fit), to bound memory.
+    Steps of all inputs are batched into passes of at most `chunk_size` images (whole steps of
+    all inputs where they fit), which bounds memory and keeps activations in cache; None puts
+    everything into one pass.
     """
     x, targets = prepare(model, x, target)
     steps = _count("steps", steps, 1)
@@ -157,7 +165,9 @@ def _noisy_gradients(model: nn.Module, x: torch.Tensor, target: Target, samples:
     noisy = torch.randn((n * samples, *x.shape[1:]), generator=generator, device=x.device,
                         dtype=x.dtype).mul_(sigma)
     noisy.view(n, samples, *x.shape[1:]).add_(x.unsqueeze(1))
-    grads = input_gradient(model, noisy, targets.repeat_interleave(samples))
+    repeated = targets.repeat_interleave(samples)
+    grads = torch.cat([input_gradient(model, part, part_targets) for part, part_targets
+                       in zip(noisy.split(PASS_SIZE), repeated.split(PASS_SIZE), strict=True)])
     return grads.view(n, samples, *x.shape[1:])
 
 
@@ -169,7 +179,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target: Target, *, samples: in
     image. Noisy images are not clamped to [0, 1]: SmoothGrad averages the gradient over a
     Gaussian neighbourhood of x, and clamping would bias that neighbourhood near black and
     white pixels. Noise comes from a generator seeded with `seed` (the global RNG is untouched),
-    so equal seeds give equal maps; all samples run as one batch.
+    so equal seeds give equal maps; the noisy copies of all inputs run in passes of PASS_SIZE.
     """
     return _noisy_gradients(model, x, target, samples, sigma, seed).mean(1)
 

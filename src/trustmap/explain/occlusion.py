@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from trustmap.errors import ConfigError
-from trustmap.explain.core import Target, selected
+from trustmap.explain.core import PASS_SIZE, Target, selected
 from trustmap.explain.gradient import prepare
 
 
@@ -41,7 +41,8 @@ def window_masks(height: int, width: int, window: int, stride: int,
 
 
 def occlusion(model: nn.Module, x: torch.Tensor, target: Target, *, window: int = 4,
-              stride: int = 2, baseline: float = 0.0, chunk_size: int = 512) -> torch.Tensor:
+              stride: int = 2, baseline: float = 0.0, chunk_size: int = PASS_SIZE
+              ) -> torch.Tensor:
     """Mean drop of the target logit over the windows covering each pixel.
 
     A `window`x`window` patch on all channels is set to `baseline` (image units), moved by
