@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from trustmap.cli import app
@@ -54,6 +55,42 @@ def test_predict_on_an_ood_set_reports_no_accuracy(trained_run: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "no accuracy" in result.output
     assert (trained_run / "predictions-noise-uniform-test-ensemble.csv").is_file()
+
+
+def test_explain_writes_maps_scores_and_grid(trained_run: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from trustmap.data import load
+    from trustmap.explain import attribute_samples, rank_disagreement
+    from trustmap.predictive import Ensemble
+    from trustmap.training import load_ensemble
+
+    out = tmp_path / "explained"
+    result = invoke("explain", "--run", str(trained_run), "--data", "mnist-embedded",
+                    "--methods", "gradient,gradcam,lrp-epsilon-plus", "--n", "6",
+                    "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "maps/s" in result.output
+    maps = load_file(str(out / "maps.safetensors"))
+    assert maps["gradcam/samples"].shape == (2, 6, 1, 28, 28)  # 2 members x 6 inputs
+    torch.testing.assert_close(maps["gradient/mean"], maps["gradient/samples"].mean(0))
+    scores = pd.read_csv(out / "scores.csv")
+    assert len(scores) == 6 and "gradcam:cv" in scores.columns
+    # The maps are the members' own, for the ensemble's predicted class.
+    x = load("mnist-embedded", "test").images[:6]
+    members = load_ensemble(trained_run).members
+    expected = attribute_samples("gradient", Ensemble(members), x)
+    torch.testing.assert_close(maps["gradient/samples"], expected)
+    assert scores["gradient:rank_disagreement"].to_numpy() == pytest.approx(
+        rank_disagreement(expected).numpy(), abs=1e-6)
+    assert (out / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_explain_lists_methods_and_refuses_unknown_ones(trained_run: Path) -> None:
+    listed = invoke("explain", "--run", str(trained_run), "--list")
+    assert listed.exit_code == 0 and "lrp-epsilon-gamma-box" in listed.output
+    wrong = invoke("explain", "--run", str(trained_run), "--methods", "gradcan")
+    assert wrong.exit_code == 2 and "did you mean 'gradcam'" in wrong.output
 
 
 @pytest.mark.parametrize("args, message", [

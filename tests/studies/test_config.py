@@ -5,7 +5,13 @@ from pathlib import Path
 import pytest
 
 from trustmap.errors import ConfigError
-from trustmap.studies.config import RunConfig, load_config, parse_config, validate
+from trustmap.studies.config import (
+    RunConfig,
+    explained_kinds,
+    load_config,
+    parse_config,
+    validate,
+)
 
 
 def test_defaults_are_valid() -> None:
@@ -51,11 +57,30 @@ def test_wrong_keys_and_types_are_named(values, message) -> None:
     ({"adversarial": {"attacked": ["mc-dropout"]}, "predictives": {"kinds": ["ensemble"]}},
      "not in predictives.kinds"),
     ({"adversarial": {"attacked": ["bayes"]}}, "choose from single, ensemble, mc-dropout"),
+    ({"explanations": {"methods": ["gradcan"]}}, "did you mean 'gradcam'?"),
+    ({"explanations": {"class_method": "lrp-epsilonplus"}}, "did you mean 'lrp-epsilon-plus'?"),
+    ({"explanations": {"predictives": ["ensemble-mc"]}, "predictives": {"kinds": ["ensemble"]}},
+     "names none of predictives.kinds"),
+    ({"explanations": {"predictives": ["mc-dropout"], "methods": ["gradient", "occlusion"]}},
+     "every pass draws new dropout masks"),
+    ({"explanations": {"patch": 5}}, "a divisor of 28"),
+    ({"explanations": {"class_n": 1}}, "a standard error needs two"),
 ])
 def test_wrong_values_list_what_is_allowed(values, message) -> None:
     with pytest.raises(ConfigError) as info:
         validate(parse_config(values))
     assert message in str(info.value)
+
+
+def test_explained_predictives_are_the_runs_own_in_order() -> None:
+    config = validate(parse_config({"explanations": {"predictives": ["mc-dropout", "single"]},
+                                    "predictives": {"kinds": ["single", "mc-dropout"]},
+                                    "adversarial": {"attacked": ["single"]}}))
+    assert explained_kinds(config) == ["mc-dropout", "single"]
+    config = validate(parse_config({"explanations": {"predictives": ["ensemble", "mc-dropout"]},
+                                    "predictives": {"kinds": ["ensemble"]},
+                                    "adversarial": {"attacked": ["ensemble"]}}))
+    assert explained_kinds(config) == ["ensemble"]  # mc-dropout is not in this run: left out
 
 
 def test_bad_files(tmp_path: Path) -> None:

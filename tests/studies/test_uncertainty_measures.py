@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from trustmap.cli import app
 from trustmap.uncertainty import MEASURES
 
-EXPLAINED = ("ensemble", "mc-dropout")  # the default explanations.predictives
+EXPLAINED = ("ensemble", "mc-dropout")  # SMALL's explanations.predictives
 
 SMALL = """
 name = "small"
@@ -30,6 +30,10 @@ epsilons = [0.2]
 attacked = ["ensemble", "mc-dropout"]
 n = 40
 steps = 2
+[explanations]
+predictives = ["ensemble", "mc-dropout"]
+faithfulness_n = 40
+sanity_n = 8
 """
 
 

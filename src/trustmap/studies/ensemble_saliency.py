@@ -69,10 +69,17 @@ def _disagreement(method: str, names: list[str], predictive: Predictive, images:
     return compute(replace(prediction, sample_attributions={method: maps}), names)
 
 
-def _examples(sets: dict[str, Dataset], per_set: int) -> tuple[torch.Tensor, list[str]]:
-    """A few inputs of the ID set, of every OOD set, and of the strongest attack."""
+def _examples(sets: dict[str, Dataset], per_set: int, explained: str
+              ) -> tuple[torch.Tensor, list[str]]:
+    """A few inputs of the ID set, of every OOD set, and of the strongest attack: the largest
+    epsilon, against the explained predictive where there is one, iterative over FGSM."""
     attacks = [n for n in sets if n.startswith("adv:")]
-    strongest = max(attacks, key=lambda n: float(n.split(":")[2]), default=None)
+
+    def strength(name: str) -> tuple[float, bool, bool]:
+        _, attack, epsilon, attacked = name.split(":")
+        return float(epsilon), attacked == explained, attack != "fgsm"
+
+    strongest = max(attacks, key=strength, default=None)
     chosen = [n for n in sets if not n.startswith(("adv:", "noise:"))]
     chosen += [strongest] if strongest else []
     images = torch.cat([sets[n].images[:per_set] for n in chosen])
@@ -85,7 +92,7 @@ def _grid(members: list[nn.Module], sets: dict[str, Dataset], config: RunConfig
                      dict[str, list[float]]]:
     kind = explained_kinds(config)[0]
     predictive = make_predictive(kind, members, config.predictives.mc_samples, config.seed)
-    images, set_names = _examples(sets, config.explanations.examples)
+    images, set_names = _examples(sets, config.explanations.examples, kind)
     predicted = predictive.predict(images).predicted
     classes = sets[config.data.in_distribution].classes
     labels = [f"{name} · {classes[int(c)]}" for name, c in zip(set_names, predicted, strict=True)]
