@@ -87,11 +87,13 @@ def _explanations(generator: torch.Generator) -> ExplanationResults:
         [(m, order, k, (0.9 - 0.1 * k) if order == "morf" else 0.9 - 0.01 * k, 0.02)
          for m in methods for order in ("morf", "lerf") for k in steps],
         columns=["method", "order", "step", "mean", "sem"])
-    aopc = pd.DataFrame([("gradient", "morf", 0.312, 0.01, 5.5), ("gradcam", "morf", 0.274, 0.01,
-                                                                    6.0),
-                         ("gradient", "lerf", 0.031, 0.004, 8.0),
-                         ("gradcam", "lerf", 0.052, 0.004, 8.0)],
-                        columns=["method", "order", "aopc", "sem", "flips_to_change"])
+    aopc = pd.DataFrame([(m, order, 4, 7, 20, value, 0.01, flips)
+                         for m, order, value, flips in (("gradient", "morf", 0.312, 5.5),
+                                                        ("gradcam", "morf", 0.274, 6.0),
+                                                        ("gradient", "lerf", 0.031, 8.0),
+                                                        ("gradcam", "lerf", 0.052, 8.0))],
+                        columns=["method", "order", "patch", "steps", "n", "aopc", "aopc_sem",
+                                 "flips_to_change"])
     layers = ["original", "fc2", "fc1", "conv2", "conv1"]
     sanity = pd.DataFrame([(m, k, layers[k], 1.0 - k * (0.2 if m == "gradient" else 0.02), 0.03)
                            for m in methods for k in range(5)],

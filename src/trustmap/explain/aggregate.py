@@ -10,7 +10,7 @@ information (e.g. by their OOD-detection AUROC). It also builds seed 001's class
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,7 +24,7 @@ from trustmap.explain.reduce import minmax
 from trustmap.explain.similarity import pairwise_mean
 from trustmap.models import channels_last, to_channels_last
 from trustmap.predictive import Ensemble, EnsembleMC, MCDropout, Prediction, Predictive, Single
-from trustmap.uncertainty import MEASURES, Measure, register
+from trustmap.uncertainty import Measure, register
 
 
 def _chunks(method: Method, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
@@ -188,11 +188,6 @@ DISAGREEMENT_METHODS = ("gradcam", "gradient", "guided-backprop", "lrp-epsilon-p
 
 def _slug(method: str) -> str:
     return method.replace("-", "_")
-
-
-def measure_names(methods: Sequence[str] = DISAGREEMENT_METHODS) -> list[str]:
-    """Names of the registered explanation measures of ``methods``."""
-    return [m.name for m in MEASURES.values() if m.attributions in set(methods)]
 
 
 def _register() -> None:

@@ -27,11 +27,14 @@ from trustmap.errors import TrustmapError
 from trustmap.report import explain_figures, figures
 from trustmap.report.results import (
     ADVERSARIAL_COLUMNS,
+    AOPC_COLUMNS,
     CALIBRATION_COLUMNS,
     MISCLASSIFICATION_COLUMNS,
     OOD_COLUMNS,
     PER_SAMPLE_KEYS,
+    PERTURBATION_COLUMNS,
     RELIABILITY_COLUMNS,
+    SANITY_COLUMNS,
     RunResults,
 )
 
@@ -158,6 +161,14 @@ def _check(results: RunResults) -> None:
         if missing:
             raise TrustmapError(f"RunResults.{name} lacks the columns {missing}; "
                                 f"see trustmap.report.results for the columns each table has")
+    if results.explanations is not None:
+        for name, columns in (("perturbation", PERTURBATION_COLUMNS), ("aopc", AOPC_COLUMNS),
+                              ("sanity", SANITY_COLUMNS)):
+            missing = [c for c in columns
+                       if c not in getattr(results.explanations, name).columns]
+            if missing:
+                raise TrustmapError(f"RunResults.explanations.{name} lacks the columns "
+                                    f"{missing}; see trustmap.report.results")
     if not (results.per_sample["dataset"] == results.in_distribution).any():
         raise TrustmapError(f"RunResults.in_distribution={results.in_distribution!r} has no "
                             "rows in per_sample; name the ID test set as per_sample does")

@@ -31,7 +31,8 @@ plus noise of the perturbation's L2 norm); ``subset``: "all" attempts or "succes
 
 PERTURBATION_COLUMNS = ("method", "order", "step", "mean", "sem")
 """Mean probability of the explained class after ``step`` patches were removed, over inputs."""
-AOPC_COLUMNS = ("method", "order", "aopc", "sem", "flips_to_change")
+AOPC_COLUMNS = ("method", "order", "patch", "steps", "n", "aopc", "aopc_sem", "flips_to_change")
+"""``trustmap.evaluate.faithfulness.aopc_table``: mean AOPC of the explained class's probability."""
 SANITY_COLUMNS = ("method", "step", "layer", "similarity", "sem")
 """Spearman correlation with the original maps after the top ``step`` layers were randomised."""
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from trustmap.data import Dataset
-from trustmap.evaluate.faithfulness import region_perturbation
+from trustmap.evaluate.faithfulness import PerturbationCurve, aopc_table, region_perturbation
 from trustmap.evaluate.sanity import parameter_randomisation
 from trustmap.explain.aggregate import attribute_samples, class_saliency, rank_disagreement
 from trustmap.explain.methods import get
@@ -122,28 +122,29 @@ def _class_maps(model: nn.Module, test: Dataset, config: RunConfig
 
 def _faithfulness(model: nn.Module, test: Dataset, config: RunConfig
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Region perturbation of each method's maps, most and least relevant first, and a random
+    order as the baseline every faithful map should beat."""
     x = test.images[: config.explanations.faithfulness_n]
     with torch.no_grad():
         target = model(x).argmax(1)
-    curves, rows = [], []
-    runs: list[tuple[str, str, torch.Tensor]] = []
+    patch, seed = config.explanations.patch, config.seed
+    curves: dict[str, list[PerturbationCurve]] = {}
     for method in config.explanations.methods:
         maps = get(method)(model, x, target)
-        runs += [(method, "morf", maps), (method, "lerf", maps)]
-    runs.append(("random", "random", torch.zeros_like(x)))
-    for method, order, maps in runs:
-        curve = region_perturbation(model, x, maps, target, patch=config.explanations.patch,
-                                    order=order, seed=config.seed)
-        probs = curve.probs
-        sem = probs.std(0, correction=1) / len(x) ** 0.5 if len(x) > 1 else probs[0] * 0
-        curves.append(pd.DataFrame({"method": method, "order": order,
-                                    "step": range(probs.shape[1]), "mean": probs.mean(0),
-                                    "sem": sem}))
-        aopc = curve.aopc
-        rows.append({"method": method, "order": order, "aopc": float(aopc.mean()),
-                     "sem": float(aopc.std(correction=1) / len(x) ** 0.5) if len(x) > 1 else 0.0,
-                     "flips_to_change": float(curve.flips_to_change.float().mean())})
-    return pd.concat(curves, ignore_index=True), pd.DataFrame(rows)
+        curves[method] = [region_perturbation(model, x, maps, target, patch=patch, order=order,
+                                              seed=seed) for order in ("morf", "lerf")]
+    curves["random"] = [region_perturbation(model, x, torch.zeros_like(x), target, patch=patch,
+                                            order="random", seed=seed)]
+    frames = []
+    for method, method_curves in curves.items():
+        for curve in method_curves:
+            probs = curve.probs
+            sem = (probs.std(0, correction=1) / len(x) ** 0.5 if len(x) > 1
+                   else torch.full_like(probs[0], float("nan")))
+            frames.append(pd.DataFrame({"method": method, "order": curve.order,
+                                        "step": range(probs.shape[1]), "mean": probs.mean(0),
+                                        "sem": sem}))
+    return pd.concat(frames, ignore_index=True), aopc_table(curves)
 
 
 def _sanity(model: nn.Module, test: Dataset, config: RunConfig) -> pd.DataFrame:
