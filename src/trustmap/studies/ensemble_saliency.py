@@ -34,8 +34,8 @@ Log = Callable[[str], None]
 Cache = Any  # uncertainty_measures.TensorCache; typed loosely to keep the import one-way
 
 
-def explanation_scores(cache: Cache, kinds: list[str], measures: list[str],
-                       members: list[nn.Module], dataset: Dataset,
+def explanation_scores(cache: Cache, measures: list[str], members: list[nn.Module],
+                       dataset: Dataset,
                        predictions: dict[str, Prediction], config: RunConfig
                        ) -> dict[str, dict[str, torch.Tensor]]:
     """Scores [N] of the selected explanation measures, for each explained predictive.

@@ -312,8 +312,8 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
     if len(plain) < len(measures):
         log(f"explanation disagreement under {', '.join(config.explanations.predictives)}")
         for name, dataset in sets.items():
-            made = explanation_scores(cache, kinds, measures, members, dataset,
-                                      predictions[name], config)
+            made = explanation_scores(cache, measures, members, dataset, predictions[name],
+                                      config)
             for kind, values in made.items():
                 scores[name][kind].update(values)
     explanations = explanation_results(members, sets, config, measures, log)
