@@ -22,6 +22,7 @@ from trustmap.explain.aggregate import (
     summarize,
 )
 from trustmap.explain.gradient import gradient
+from trustmap.explain.methods import get
 from trustmap.models import build
 from trustmap.predictive import Ensemble, EnsembleMC, MCDropout, Single
 from trustmap.uncertainty import MEASURES, compute
@@ -164,3 +165,26 @@ def test_class_saliency_is_mean_and_standard_error() -> None:
     assert (found.label, found.explained, found.n) == (3, 3, 9)
     with pytest.raises(DataError, match="at least 2"):
         class_saliency(maps[:1], 0, 0)
+
+
+@pytest.mark.parametrize("method", ["lrp-epsilon-plus", "gradcam", "guided-backprop"])
+def test_channels_last_engine_equals_direct_calls_on_a_batchnorm_resnet(method: str) -> None:
+    """The engine holds models channels-last (and LRP folds BatchNorm inside that): the maps
+    and the models afterwards are as with plain calls."""
+    members = []
+    for seed in range(2):
+        torch.manual_seed(seed)
+        model = build("resnet18", width=8).eval()
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+        members.append(model)
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in members]
+    samples = attribute_samples(method, Ensemble(members), x, 3)
+    direct = torch.stack([get(method)(m, x, 3) for m in members])
+    torch.testing.assert_close(samples, direct, atol=1e-6 * float(direct.abs().max()), rtol=1e-4)
+    for model, state in zip(members, before, strict=True):
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        assert all(p.is_contiguous() for p in model.parameters())

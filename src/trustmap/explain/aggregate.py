@@ -49,7 +49,8 @@ def _dropout_samples(method: Method, predictive: MCDropout, x: torch.Tensor,
     chunk = max(1, batch_size // t)
     model = predictive.model
     parts = []
-    with torch.random.fork_rng(devices=[]):
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(predictive.seed)
         for module in predictive.dropouts:
             module.train()
