@@ -256,3 +256,25 @@ def test_in_place_activations_after_a_ruled_layer() -> None:
     a = torch.randn(4, 5, dtype=torch.float64)
     rules = {"0": Gamma(), "2": Epsilon()}
     torch.testing.assert_close(propagate(in_place, a, 2, rules), propagate(plain, a, 2, rules))
+
+
+@pytest.mark.parametrize("chosen", [AlphaBeta(2.0, 1.0), AlphaBeta(1.0, 0.0, bias=True), ZBox()],
+                         ids=["alpha2-beta1", "alpha1-beta0-bias", "zb"])
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "positive"])
+def test_grouped_conv_equals_its_block_diagonal_dense_twin(chosen, signed) -> None:
+    """Grouped convs cannot stack channels, so rules take their unstacked path there; it must
+    agree with the stacked path on the same layer written as a dense block-diagonal conv."""
+    torch.manual_seed(3)
+    grouped = nn.Conv2d(4, 6, 3, padding=1, groups=2).double()
+    dense = nn.Conv2d(4, 6, 3, padding=1).double()
+    with torch.no_grad():
+        dense.weight.zero_()
+        dense.weight[:3, :2] = grouped.weight[:3]
+        dense.weight[3:, 2:] = grouped.weight[3:]
+        dense.bias.copy_(grouped.bias)
+    low, high = torch.full((1, 4, 1, 1), -1.0).double(), torch.full((1, 4, 1, 1), 1.5).double()
+    a = inputs(signed, (2, 4, 5, 5), low.expand(1, 4, 5, 5), high.expand(1, 4, 5, 5))
+    r_out = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    got = layer_relevance(grouped, chosen, a, r_out, bounds=(low, high))
+    expected = layer_relevance(dense, chosen, a, r_out, bounds=(low, high))
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
