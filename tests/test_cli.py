@@ -87,8 +87,10 @@ def test_explain_writes_maps_scores_and_grid(trained_run: Path, tmp_path: Path) 
 
 
 def test_explain_lists_methods_and_refuses_unknown_ones(trained_run: Path) -> None:
-    listed = invoke("explain", "--run", str(trained_run), "--list")
+    listed = invoke("explain", "--list")
     assert listed.exit_code == 0 and "lrp-epsilon-gamma-box" in listed.output
+    missing = invoke("explain", "--methods", "gradient")
+    assert missing.exit_code == 2 and "--run is missing" in missing.output
     wrong = invoke("explain", "--run", str(trained_run), "--methods", "gradcan")
     assert wrong.exit_code == 2 and "did you mean 'gradcam'" in wrong.output
 

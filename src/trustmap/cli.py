@@ -307,8 +307,8 @@ def _checkpoints(run: Path) -> Path:
 @app.command()
 @friendly_errors
 def explain(
-    run: Annotated[Path, typer.Option(
-        help="Run directory of `trustmap train`, or of `trustmap run` (runs/NAME).")],
+    run: Annotated[Path | None, typer.Option(
+        help="Run directory of `trustmap train`, or of `trustmap run` (runs/NAME).")] = None,
     data: Annotated[str, typer.Option(help="Dataset whose inputs to explain.")] = "mnist-embedded",
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     methods: Annotated[str, typer.Option(
@@ -352,6 +352,9 @@ def explain(
         for name in method_names():
             console.print(name)
         return
+    if run is None:
+        raise ConfigError("--run is missing: name a run directory (`trustmap train --out DIR`, "
+                          "or runs/NAME of `trustmap run`)")
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     if not chosen:
         raise ConfigError("--methods is empty; name at least one method, e.g. --methods gradient")
@@ -380,8 +383,8 @@ def explain(
         columns[f"{method}:cosine_disagreement"] = cosine_disagreement(maps).numpy()
         if method == "gradcam":
             columns["gradcam:cv"] = seed000_uncertainty(maps).numpy()
-        summed = maps.sum(2)
-        means[method], stds[method] = summed.mean(0), summed.std(0, correction=0)
+        summed = summarize(maps.sum(2, keepdim=True))  # the grid shows channel-summed maps
+        means[method], stds[method] = summed.mean[:, 0], summed.std[:, 0]
         disagreement[method] = rank.tolist()
         console.print(f"{method}: {maps.shape[0] * maps.shape[1]} maps in {seconds:.2f} s "
                       f"({maps.shape[0] * maps.shape[1] / seconds:,.0f} maps/s), mean rank "

@@ -22,7 +22,12 @@ from torch import nn
 from trustmap.data import Dataset
 from trustmap.evaluate.faithfulness import PerturbationCurve, aopc_table, region_perturbation
 from trustmap.evaluate.sanity import parameter_randomisation
-from trustmap.explain.aggregate import attribute_samples, class_saliency, rank_disagreement
+from trustmap.explain.aggregate import (
+    attribute_samples,
+    class_saliency,
+    rank_disagreement,
+    summarize,
+)
 from trustmap.explain.methods import get
 from trustmap.explain.reduce import reduce
 from trustmap.predictive import Prediction, Predictive, make_predictive
@@ -99,9 +104,8 @@ def _grid(members: list[nn.Module], sets: dict[str, Dataset], config: RunConfig
     means, stds, disagreement = {}, {}, {}
     for method in config.explanations.methods:
         samples = attribute_samples(method, predictive, images, predicted)
-        summed = samples.sum(2)  # [S, E, H, W]
-        means[method] = summed.mean(0)
-        stds[method] = summed.std(0, correction=0)
+        summary = summarize(samples.sum(2, keepdim=True))  # of the channel-summed maps
+        means[method], stds[method] = summary.mean[:, 0], summary.std[:, 0]
         disagreement[method] = rank_disagreement(samples).tolist()
     return kind, images, labels, means, stds, disagreement
 
