@@ -16,7 +16,6 @@ from trustmap.errors import DataError
 from trustmap.report.explain_figures import (
     class_saliency_map,
     class_saliency_panel,
-    disagreement_histograms,
     explanation_grid,
     perturbation_curves,
     sanity_curves,
@@ -91,8 +90,6 @@ FIGURES: dict[str, Callable[[], Figure]] = {
                                                 ["0", "1", "2", "3"], "all classes"),
     "perturbation": lambda: perturbation_curves(_curves()),
     "sanity": lambda: sanity_curves(_sanity()),
-    "histograms": lambda: disagreement_histograms(
-        {"mnist": np.linspace(0, 1, 50), "letters": np.linspace(0.5, 2, 30)}, "rank_distance"),
 }
 
 
@@ -240,7 +237,7 @@ def test_class_panel_shares_one_scale_and_prints_mean_sem() -> None:
         class_saliency_panel(means, sems[:6], names, "all classes")
 
 
-# --- curves and histograms
+# --- curves
 
 
 def test_perturbation_curves_have_one_line_per_method_and_order() -> None:
@@ -299,20 +296,3 @@ def test_sanity_curves_refuse_bad_frames() -> None:
                                                   frame["layer"])))
     with pytest.raises(DataError, match=r"lacks the columns \['layer'\]"):
         sanity_curves(frame.drop(columns="layer"))
-
-
-def test_disagreement_histograms_share_bins_and_count_finite_values() -> None:
-    scores = {"mnist": np.array([0.0, 0.1, 0.2, np.nan]), "letters": np.array([0.5, 1.0])}
-    axis = disagreement_histograms(scores, "rank_distance").get_axes()[0]
-    labels = [text.get_text() for text in axis.get_legend().get_texts()]
-    assert labels == ["mnist (n=3)", "letters (n=2)"]
-    outlines = [patch for patch in axis.patches if not patch.get_fill()]
-    assert len(outlines) == 2
-    for outline in outlines:  # both step outlines span the shared bins of the pooled values
-        x = outline.get_path().vertices[:, 0]
-        assert (x.min(), x.max()) == pytest.approx((0.0, 1.0))
-    assert "rank_distance" in axis.get_xlabel()
-    with pytest.raises(DataError, match="no datasets"):
-        disagreement_histograms({}, "rank_distance")
-    with pytest.raises(DataError, match="no finite"):
-        disagreement_histograms({"mnist": np.array([np.nan])}, "rank_distance")

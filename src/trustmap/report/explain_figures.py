@@ -425,34 +425,3 @@ def sanity_curves(frame: pd.DataFrame) -> Figure:
     _legend_outside(axis)
     figure.tight_layout()
     return figure
-
-
-def disagreement_histograms(scores: Mapping[str, np.ndarray], measure: str) -> Figure:
-    """Density of one explanation-disagreement measure per dataset over shared bins."""
-    if not scores:
-        raise DataError("no datasets given; pass dataset name -> array of scores")
-    finite = {}
-    for name, values in scores.items():
-        array = np.asarray(values, dtype=float).reshape(-1)
-        finite[name] = array[np.isfinite(array)]
-    pooled = np.concatenate(list(finite.values()))
-    if pooled.size == 0:
-        raise DataError(f"no finite {measure} scores in any dataset; nothing to draw")
-    bins = np.histogram_bin_edges(pooled, bins=40)
-    colours = _colours(list(finite), palette="tab10" if len(finite) <= 10 else "tab20")
-    figure, axis = plt.subplots(figsize=(5.6, 3.4))
-    for name, values in finite.items():
-        label = f"{name} (n={len(values)})"
-        if not values.size:  # listed, so a set without scores is seen to be missing
-            axis.plot([], [], color=colours[name], label=label)
-            continue
-        axis.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.3,
-                  color=colours[name])
-        axis.hist(values, bins=bins, density=True, histtype="step", linewidth=1.4,
-                  color=colours[name], label=label)
-    axis.set_xlabel(f"{measure} (higher = explanations disagree more)")
-    axis.set_ylabel("density")
-    axis.set_title(f"explanation disagreement: {measure}")
-    _legend_outside(axis)
-    figure.tight_layout()
-    return figure
