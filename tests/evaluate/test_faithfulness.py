@@ -9,7 +9,6 @@ from torch import nn
 from trustmap.errors import ConfigError, DataError
 from trustmap.evaluate.faithfulness import PerturbationCurve, aopc_table, region_perturbation
 from trustmap.models import build
-from trustmap.training import TrainConfig, fit
 
 
 def gradient_x_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -17,17 +16,6 @@ def gradient_x_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor) ->
     logits = model(x)
     (grad,) = torch.autograd.grad(logits.gather(1, target.view(-1, 1)).sum(), x)
     return (grad * x).detach()
-
-
-@pytest.fixture(scope="module")
-def trained(mnist_small) -> nn.Module:
-    """A LeNet fitted for three quick epochs on 600 digits (about 85% test accuracy)."""
-    torch.manual_seed(0)
-    model = build("lenet")
-    fit(model, mnist_small, config=TrainConfig(epochs=3, batch_size=32, lr=1e-3),
-        progress=False)
-    model.zero_grad(set_to_none=True)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -115,28 +103,28 @@ def test_pixel_flipping_and_mean_baseline():
     assert mean.logits[0, -1].item() == pytest.approx(0.5 * 4 * sum(REGION_WEIGHT))
 
 
-def test_batched_targets_and_default_steps(trained, digits):
+def test_batched_targets_and_default_steps(trained_lenet, digits):
     x, y = digits
-    maps = gradient_x_input(trained, x, y)
-    curve = region_perturbation(trained, x, maps, y)
+    maps = gradient_x_input(trained_lenet, x, y)
+    curve = region_perturbation(trained_lenet, x, maps, y)
     assert curve.logits.shape == curve.probs.shape == curve.predicted.shape == (16, 50)
     with torch.no_grad():
-        logits = trained(x)
+        logits = trained_lenet(x)
     torch.testing.assert_close(curve.logits[:, 0], logits.gather(1, y.view(-1, 1))[:, 0])
     assert torch.equal(curve.predicted[:, 0], logits.argmax(1))
     # Each input is perturbed on its own: the first input's curve is the same alone.
-    alone = region_perturbation(trained, x[:1], maps[:1], y[:1])
+    alone = region_perturbation(trained_lenet, x[:1], maps[:1], y[:1])
     torch.testing.assert_close(alone.logits[0], curve.logits[0], atol=1e-4, rtol=1e-4)
     # All regions replaced by 0 leaves the same (blank) image for every input.
     with torch.no_grad():
-        blank = trained(torch.zeros(1, 1, 28, 28))[0]
+        blank = trained_lenet(torch.zeros(1, 1, 28, 28))[0]
     torch.testing.assert_close(curve.logits[:, -1], blank[y], atol=1e-4, rtol=1e-4)
 
 
-def test_morf_drops_faster_than_lerf_and_random(trained, digits):
+def test_morf_drops_faster_than_lerf_and_random(trained_lenet, digits):
     x, y = digits
-    maps = gradient_x_input(trained, x, y)
-    curves = {order: region_perturbation(trained, x, maps, y, order=order)
+    maps = gradient_x_input(trained_lenet, x, y)
+    curves = {order: region_perturbation(trained_lenet, x, maps, y, order=order)
               for order in ("morf", "lerf", "random")}
     morf, lerf, rand = (curves[o].aopc_of("logit").mean().item() for o in ("morf", "lerf",
                                                                            "random"))
@@ -144,26 +132,26 @@ def test_morf_drops_faster_than_lerf_and_random(trained, digits):
     assert curves["morf"].aopc.mean() > curves["lerf"].aopc.mean()
     # A random map is no better than a random order.
     noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(1))
-    random_map = region_perturbation(trained, x, noise, y, order="morf")
+    random_map = region_perturbation(trained_lenet, x, noise, y, order="morf")
     assert morf > random_map.aopc_of("logit").mean().item()
     assert curves["morf"].flips_to_change.float().mean() < curves["lerf"].flips_to_change.float(
         ).mean()
 
 
-def test_random_order_is_seeded_and_ignores_maps(trained, digits):
+def test_random_order_is_seeded_and_ignores_maps(trained_lenet, digits):
     x, y = digits
     x, y = x[:4], y[:4]
-    maps = gradient_x_input(trained, x, y)
-    first = region_perturbation(trained, x, maps, y, order="random", seed=3)
-    again = region_perturbation(trained, x, torch.zeros_like(x), y, order="random", seed=3)
-    other = region_perturbation(trained, x, maps, y, order="random", seed=4)
+    maps = gradient_x_input(trained_lenet, x, y)
+    first = region_perturbation(trained_lenet, x, maps, y, order="random", seed=3)
+    again = region_perturbation(trained_lenet, x, torch.zeros_like(x), y, order="random", seed=3)
+    other = region_perturbation(trained_lenet, x, maps, y, order="random", seed=4)
     assert torch.equal(first.logits, again.logits)
     assert not torch.equal(first.logits, other.logits)
-    noisy = region_perturbation(trained, x, maps, y, baseline="uniform", seed=3)
-    assert torch.equal(noisy.logits, region_perturbation(trained, x, maps, y, baseline="uniform",
-                                                         seed=3).logits)
-    assert not torch.equal(noisy.logits,
-                           region_perturbation(trained, x, maps, y, baseline="uniform").logits)
+    noisy = region_perturbation(trained_lenet, x, maps, y, baseline="uniform", seed=3)
+    same = region_perturbation(trained_lenet, x, maps, y, baseline="uniform", seed=3)
+    assert torch.equal(noisy.logits, same.logits)
+    unseeded = region_perturbation(trained_lenet, x, maps, y, baseline="uniform")
+    assert not torch.equal(noisy.logits, unseeded.logits)
 
 
 def test_model_left_as_found(digits):
@@ -210,19 +198,20 @@ def test_aopc_table():
     ({"baseline": "blur"}, ConfigError, "baseline"),
     ({"batch_size": 0}, ConfigError, "batch_size"),
 ])
-def test_bad_options_raise(trained, digits, kwargs, error, match):
+def test_bad_options_raise(trained_lenet, digits, kwargs, error, match):
     x, y = digits
     with pytest.raises(error, match=match):
-        region_perturbation(trained, x[:2], torch.zeros_like(x[:2]), y[:2], **kwargs)
+        region_perturbation(trained_lenet, x[:2], torch.zeros_like(x[:2]), y[:2], **kwargs)
 
 
-def test_bad_maps_and_targets_raise(trained, digits):
+def test_bad_maps_and_targets_raise(trained_lenet, digits):
     x, y = digits
     with pytest.raises(DataError, match="shaped like"):
-        region_perturbation(trained, x[:2], torch.zeros(2, 28, 28), y[:2])
+        region_perturbation(trained_lenet, x[:2], torch.zeros(2, 28, 28), y[:2])
     with pytest.raises(DataError, match="NaN"):
-        region_perturbation(trained, x[:2], torch.full_like(x[:2], math.nan), y[:2])
+        region_perturbation(trained_lenet, x[:2], torch.full_like(x[:2], math.nan), y[:2])
     with pytest.raises(DataError, match="target"):
-        region_perturbation(trained, x[:2], torch.zeros_like(x[:2]), 10)
+        region_perturbation(trained_lenet, x[:2], torch.zeros_like(x[:2]), 10)
     with pytest.raises(ConfigError, match="output"):
-        region_perturbation(trained, x[:2], torch.zeros_like(x[:2]), 0, steps=1).aopc_of("loss")
+        curve = region_perturbation(trained_lenet, x[:2], torch.zeros_like(x[:2]), 0, steps=1)
+        curve.aopc_of("loss")

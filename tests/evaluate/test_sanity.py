@@ -11,7 +11,6 @@ from trustmap.errors import ConfigError, DataError
 from trustmap.evaluate.sanity import parameter_randomisation, randomise, weighted_layers
 from trustmap.explain.similarity import spearman
 from trustmap.models import build
-from trustmap.training import TrainConfig, fit
 
 LENET_LAYERS = ["head.fc2", "head.fc1", "features.conv2", "features.conv1"]
 
@@ -41,48 +40,37 @@ def the_input(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 @pytest.fixture(scope="module")
-def trained(mnist_small) -> nn.Module:
-    """A LeNet fitted for three quick epochs on 600 digits (about 85% test accuracy)."""
-    torch.manual_seed(0)
-    model = build("lenet")
-    fit(model, mnist_small, config=TrainConfig(epochs=3, batch_size=32, lr=1e-3),
-        progress=False)
-    model.zero_grad(set_to_none=True)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
 def digits(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist_test.images[:8], mnist_test.labels[:8]
 
 
-def test_columns_steps_and_layer_order(trained, digits):
+def test_columns_steps_and_layer_order(trained_lenet, digits):
     x, y = digits
-    table = parameter_randomisation(trained, x, y, gradient)
+    table = parameter_randomisation(trained_lenet, x, y, gradient)
     assert list(table.columns) == ["step", "layer", "similarity", "sem"]
     assert table.step.tolist() == list(range(len(LENET_LAYERS) + 1))
     assert pd.isna(table.layer[0]) and table.layer[1:].tolist() == LENET_LAYERS
     assert table.similarity[0] == pytest.approx(1.0)
 
 
-def test_gradient_loses_similarity_input_keeps_it(trained, digits):
+def test_gradient_loses_similarity_input_keeps_it(trained_lenet, digits):
     x, y = digits
-    grad = parameter_randomisation(trained, x, y, gradient)
+    grad = parameter_randomisation(trained_lenet, x, y, gradient)
     assert grad.similarity.iloc[-1] < 0.5
     # Removing the learned weights changes the gradient more and more.
     assert grad.similarity.iloc[-1] < grad.similarity.iloc[1]
-    flat = parameter_randomisation(trained, x, y, the_input)
+    flat = parameter_randomisation(trained_lenet, x, y, the_input)
     assert flat.similarity.tolist() == pytest.approx([1.0] * 5)
     assert flat["sem"].tolist() == pytest.approx([0.0] * 5)
 
 
-def test_similarity_is_spearman_against_trained_maps(trained, digits):
+def test_similarity_is_spearman_against_trained_maps(trained_lenet, digits):
     """Step 1 by hand: randomise fc2 of a copy with the same generator and compare."""
     x, y = digits
-    table = parameter_randomisation(trained, x, y, gradient, seed=5, absolute=False)
-    reference = gradient(trained, x, y)
+    table = parameter_randomisation(trained_lenet, x, y, gradient, seed=5, absolute=False)
+    reference = gradient(trained_lenet, x, y)
     copy = build("lenet")
-    copy.load_state_dict(trained.state_dict())
+    copy.load_state_dict(trained_lenet.state_dict())
     copy.eval()
     randomise(copy.head.fc2, torch.Generator().manual_seed(5))
     values = spearman(reference, gradient(copy, x, y)).double()
@@ -104,11 +92,12 @@ def test_user_model_unchanged(digits):
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
-def test_reproducible_with_seed(trained, digits):
+def test_reproducible_with_seed(trained_lenet, digits):
     x, y = digits
-    first = parameter_randomisation(trained, x, y, gradient, seed=1)
-    pd.testing.assert_frame_equal(first, parameter_randomisation(trained, x, y, gradient, seed=1))
-    other = parameter_randomisation(trained, x, y, gradient, seed=2)
+    first = parameter_randomisation(trained_lenet, x, y, gradient, seed=1)
+    again = parameter_randomisation(trained_lenet, x, y, gradient, seed=1)
+    pd.testing.assert_frame_equal(first, again)
+    other = parameter_randomisation(trained_lenet, x, y, gradient, seed=2)
     assert not first.similarity[1:].equals(other.similarity[1:])
 
 
@@ -121,22 +110,22 @@ def test_randomise_keeps_scale_and_changes_values():
     assert abs(torch.corrcoef(torch.stack([before, after]))[0, 1].item()) < 0.1
 
 
-def test_guided_backprop_survives_top_layer_randomisation(trained, digits):
+def test_guided_backprop_survives_top_layer_randomisation(trained_lenet, digits):
     """Adebayo et al. (2018): guided backprop barely changes when the top layers are random."""
     x, y = digits
-    grad = parameter_randomisation(trained, x, y, gradient)
-    guided = parameter_randomisation(trained, x, y, guided_backprop)
+    grad = parameter_randomisation(trained_lenet, x, y, gradient)
+    guided = parameter_randomisation(trained_lenet, x, y, guided_backprop)
     for step in (1, 2):
         assert guided.similarity[step] > grad.similarity[step] + 0.1
     assert guided.similarity[2] > 0.7
 
 
-def test_target_defaults_to_trained_prediction(trained, digits):
+def test_target_defaults_to_trained_prediction(trained_lenet, digits):
     x, _ = digits
     with torch.no_grad():
-        predicted = trained(x).argmax(1)
-    pd.testing.assert_frame_equal(parameter_randomisation(trained, x, None, gradient),
-                                  parameter_randomisation(trained, x, predicted, gradient))
+        predicted = trained_lenet(x).argmax(1)
+    pd.testing.assert_frame_equal(parameter_randomisation(trained_lenet, x, None, gradient),
+                                  parameter_randomisation(trained_lenet, x, predicted, gradient))
 
 
 def test_named_layers_and_resnet_default(digits):
@@ -158,15 +147,15 @@ def test_named_layers_and_resnet_default(digits):
     ({"similarity": "pearson"}, ConfigError, "similarity"),
     ({"similarity": lambda a, b: a.mean()}, DataError, "one value per input"),
 ])
-def test_bad_arguments_raise(trained, digits, kwargs, error, match):
+def test_bad_arguments_raise(trained_lenet, digits, kwargs, error, match):
     x, y = digits
     with pytest.raises(error, match=match):
-        parameter_randomisation(trained, x[:2], y[:2], gradient, **kwargs)
+        parameter_randomisation(trained_lenet, x[:2], y[:2], gradient, **kwargs)
 
 
-def test_bad_maps_and_target_raise(trained, digits):
+def test_bad_maps_and_target_raise(trained_lenet, digits):
     x, y = digits
     with pytest.raises(DataError, match="shaped like"):
-        parameter_randomisation(trained, x[:2], y[:2], lambda m, x, t: x[:, 0])
+        parameter_randomisation(trained_lenet, x[:2], y[:2], lambda m, x, t: x[:, 0])
     with pytest.raises(DataError, match="target"):
-        parameter_randomisation(trained, x[:2], 12, gradient)
+        parameter_randomisation(trained_lenet, x[:2], 12, gradient)

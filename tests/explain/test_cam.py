@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
-
 import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import GuidedGradCam, LayerAttribution, LayerGradCam
+from explain_support import ZOO, assert_same, assert_untouched, hooked_modules, state, zoo_model
 from torch import nn
 
 from trustmap.errors import ConfigError, DataError
@@ -18,49 +16,11 @@ from trustmap.models import build
 pytestmark = [pytest.mark.filterwarnings("ignore:Setting backward hooks:UserWarning"),
               pytest.mark.filterwarnings("ignore:Input Tensor 0 did not:UserWarning")]
 
-ZOO: dict[str, dict[str, Any]] = {
-    "lenet": {}, "lenet5": {}, "cnn": {}, "cnn1000": {}, "alexnet": {},
-    "resnet18": {"width": 8}, "resnet34": {"width": 8},
-}
-
-
-@cache
-def zoo_model(name: str) -> nn.Module:
-    torch.manual_seed(0)
-    return build(name, **ZOO[name]).eval()
 
 
 @pytest.fixture(scope="module")
 def digits(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist_test.images[:4].clone(), mnist_test.labels[:4].clone()
-
-
-def assert_same(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
-    expected = expected.detach()
-    scale = float(expected.abs().max())
-    assert scale > 0, "a vacuous comparison: the expected map is all zeros"
-    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale)
-
-
-def hooked_modules(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules()
-            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-            or m._backward_pre_hooks]
-
-
-def state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, bool], dict[str, bool]]:
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    training = {name: m.training for name, m in model.named_modules()}
-    grads = {name: p.requires_grad for name, p in model.named_parameters()}
-    return weights, training, grads
-
-
-def assert_untouched(model: nn.Module, before: tuple) -> None:
-    weights, training, grads = state(model)
-    assert (training, grads) == before[1:]
-    assert all(torch.equal(weights[k], before[0][k]) for k in before[0])
-    assert hooked_modules(model) == []
-    assert all(p.grad is None for p in model.parameters())
 
 
 def layer_output_size(model: nn.Module, layer: str, x: torch.Tensor) -> tuple[int, int]:

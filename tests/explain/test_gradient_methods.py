@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cache
-from typing import Any
-
 import pytest
 import torch
 from captum.attr import (
@@ -15,6 +12,7 @@ from captum.attr import (
     NoiseTunnel,
     Saliency,
 )
+from explain_support import ZOO, assert_same, assert_untouched, hooked_modules, state, zoo_model
 from torch import nn
 
 from trustmap.errors import ConfigError, DataError, TrustmapError
@@ -24,10 +22,6 @@ from trustmap.models import build
 pytestmark = [pytest.mark.filterwarnings("ignore:Setting backward hooks:UserWarning"),
               pytest.mark.filterwarnings("ignore:Input Tensor 0 did not:UserWarning")]
 
-ZOO: dict[str, dict[str, Any]] = {
-    "lenet": {}, "lenet5": {}, "cnn": {}, "cnn1000": {}, "alexnet": {},
-    "resnet18": {"width": 8}, "resnet34": {"width": 8},
-}
 METHODS = {
     "gradient": (G.gradient, {}),
     "gradient_x_input": (G.gradient_x_input, {}),
@@ -39,47 +33,11 @@ METHODS = {
 }
 
 
-@cache
-def zoo_model(name: str) -> nn.Module:
-    """One eval-mode model per name, seeded; tests must not change it (they check that)."""
-    torch.manual_seed(0)
-    return build(name, **ZOO[name]).eval()
-
-
 @pytest.fixture(scope="module")
 def digits(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist_test.images[:3].clone(), mnist_test.labels[:3].clone()
 
 
-def assert_same(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
-    """Equal up to `rel` of the expected map's scale (which must not be zero)."""
-    expected = expected.detach()
-    scale = float(expected.abs().max())
-    assert scale > 0, "a vacuous comparison: the expected map is all zeros"
-    torch.testing.assert_close(actual, expected, rtol=rel, atol=rel * scale)
-
-
-def hooked_modules(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules()
-            if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
-            or m._backward_pre_hooks]
-
-
-def state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, bool], dict[str, bool]]:
-    weights = {k: v.clone() for k, v in model.state_dict().items()}
-    training = {name: m.training for name, m in model.named_modules()}
-    grads = {name: p.requires_grad for name, p in model.named_parameters()}
-    return weights, training, grads
-
-
-def assert_untouched(model: nn.Module, before: tuple) -> None:
-    weights, training, grads = state(model)
-    assert training == before[1]
-    assert grads == before[2]
-    assert weights.keys() == before[0].keys()
-    assert all(torch.equal(weights[k], before[0][k]) for k in weights)
-    assert hooked_modules(model) == []
-    assert all(p.grad is None for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", list(ZOO))

@@ -7,25 +7,13 @@ from torch import nn
 from trustmap.errors import ConfigError
 from trustmap.explain.maximize import maximize_activation, total_variation
 from trustmap.models import build
-from trustmap.training import TrainConfig, fit
 
 UNITS = [0, 3, 7]
 
 
 @pytest.fixture(scope="module")
-def trained(mnist_small) -> nn.Module:
-    """A LeNet fitted for three quick epochs on 600 digits (about 85% test accuracy)."""
-    torch.manual_seed(0)
-    model = build("lenet")
-    fit(model, mnist_small, config=TrainConfig(epochs=3, batch_size=32, lr=1e-3),
-        progress=False)
-    model.zero_grad(set_to_none=True)
-    return model.eval()
-
-
-@pytest.fixture(scope="module")
-def maximised(trained) -> torch.Tensor:
-    return maximize_activation(trained, units=UNITS, steps=100, lr=0.1)
+def maximised(trained_lenet) -> torch.Tensor:
+    return maximize_activation(trained_lenet, units=UNITS, steps=100, lr=0.1)
 
 
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -39,43 +27,43 @@ def test_shape_and_range(maximised):
     assert not maximised.requires_grad
 
 
-def test_class_logit_far_above_start_and_real_digits(trained, maximised, mnist_test):
-    logits = logits_of(trained, maximised)[torch.arange(3), UNITS]
-    start = logits_of(trained, torch.full((1, 1, 28, 28), 0.5))[0, UNITS]
-    noise = logits_of(trained, torch.rand(3, 1, 28, 28, generator=torch.Generator()
+def test_class_logit_far_above_start_and_real_digits(trained_lenet, maximised, mnist_test):
+    logits = logits_of(trained_lenet, maximised)[torch.arange(3), UNITS]
+    start = logits_of(trained_lenet, torch.full((1, 1, 28, 28), 0.5))[0, UNITS]
+    noise = logits_of(trained_lenet, torch.rand(3, 1, 28, 28, generator=torch.Generator()
                                           .manual_seed(0)))[torch.arange(3), UNITS]
     assert bool((logits > start + 8).all())
     assert bool((logits > noise + 8).all())
     for row, unit in enumerate(UNITS):
         digits = mnist_test.images[mnist_test.labels == unit][:50]
-        real = logits_of(trained, digits)[:, unit]
+        real = logits_of(trained_lenet, digits)[:, unit]
         assert logits[row] > real.mean() + 3
     # Each image is the one its own class prefers: the diagonal wins in every row.
-    assert logits_of(trained, maximised).argmax(1).tolist() == UNITS
+    assert logits_of(trained_lenet, maximised).argmax(1).tolist() == UNITS
 
 
-def test_hidden_channel_and_flat_layer(trained):
+def test_hidden_channel_and_flat_layer(trained_lenet):
     captured = {}
-    hook = trained.features.conv2.register_forward_hook(
+    hook = trained_lenet.features.conv2.register_forward_hook(
         lambda _m, _i, out: captured.__setitem__("out", out.detach()))
     try:
         # Spatial means have small gradients per pixel: a lighter TV penalty suits them.
-        images = maximize_activation(trained, layer="features.conv2", units=[4, 10], steps=40,
+        images = maximize_activation(trained_lenet, layer="features.conv2", units=[4, 10], steps=40,
                                      lr=0.1, tv=1e-3)
-        trained(images)
+        trained_lenet(images)
         after = captured["out"][torch.arange(2), [4, 10]].mean((1, 2))
-        trained(torch.full((1, 1, 28, 28), 0.5))
+        trained_lenet(torch.full((1, 1, 28, 28), 0.5))
         before = captured["out"][0, [4, 10]].mean((1, 2))
     finally:
         hook.remove()
     assert bool((after > before + 1).all())
-    flat = maximize_activation(trained, layer="head.fc1", units=2, steps=5)
+    flat = maximize_activation(trained_lenet, layer="head.fc1", units=2, steps=5)
     assert flat.shape == (1, 1, 28, 28)
 
 
-def test_tv_regulariser_lowers_total_variation(trained):
-    rough = maximize_activation(trained, units=[1, 8], steps=40, lr=0.1, tv=0.0)
-    smooth = maximize_activation(trained, units=[1, 8], steps=40, lr=0.1, tv=0.2)
+def test_tv_regulariser_lowers_total_variation(trained_lenet):
+    rough = maximize_activation(trained_lenet, units=[1, 8], steps=40, lr=0.1, tv=0.0)
+    smooth = maximize_activation(trained_lenet, units=[1, 8], steps=40, lr=0.1, tv=0.2)
     assert bool((total_variation(smooth) < 0.8 * total_variation(rough)).all())
 
 
@@ -85,14 +73,14 @@ def test_total_variation_formula():
     assert total_variation(image).tolist() == [2.0]
 
 
-def test_reproducible_with_seed(trained):
-    first = maximize_activation(trained, units=4, steps=10, start="random", seed=3)
-    assert torch.equal(first, maximize_activation(trained, units=4, steps=10, start="random",
+def test_reproducible_with_seed(trained_lenet):
+    first = maximize_activation(trained_lenet, units=4, steps=10, start="random", seed=3)
+    assert torch.equal(first, maximize_activation(trained_lenet, units=4, steps=10, start="random",
                                                   seed=3))
-    assert not torch.equal(first, maximize_activation(trained, units=4, steps=10,
+    assert not torch.equal(first, maximize_activation(trained_lenet, units=4, steps=10,
                                                       start="random", seed=4))
-    jittered = maximize_activation(trained, units=4, steps=10, seed=3)
-    assert not torch.equal(jittered, maximize_activation(trained, units=4, steps=10, seed=4))
+    jittered = maximize_activation(trained_lenet, units=4, steps=10, seed=3)
+    assert not torch.equal(jittered, maximize_activation(trained_lenet, units=4, steps=10, seed=4))
 
 
 def test_model_left_as_found():
@@ -126,6 +114,6 @@ def test_model_left_as_found():
     ({"units": 0, "jitter": -1}, "jitter"),
     ({"units": 0, "shape": (28, 28)}, "shape"),
 ])
-def test_bad_arguments_raise(trained, kwargs, match):
+def test_bad_arguments_raise(trained_lenet, kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        maximize_activation(trained, **kwargs)
+        maximize_activation(trained_lenet, **kwargs)

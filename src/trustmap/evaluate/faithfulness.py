@@ -14,8 +14,7 @@ eval mode for a deterministic curve; its buffers (BatchNorm statistics) are rest
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from trustmap.errors import ConfigError, DataError
-from trustmap.explain.core import Target, as_targets, check_inputs
+from trustmap.explain.core import Target, as_targets, check_inputs, kept_buffers
 from trustmap.models import channels_last
 from trustmap.training import forward_in_batches
 
@@ -142,18 +141,6 @@ def _region_ranks(maps: torch.Tensor, patch: int, order: str, generator: torch.G
     return torch.empty_like(sequence).scatter_(1, sequence, positions).to(maps.device)
 
 
-@contextmanager
-def _kept_buffers(model: nn.Module) -> Iterator[None]:
-    """Buffers (BatchNorm running statistics of a model in train mode) come back unchanged."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
-
-
 @torch.no_grad()
 def region_perturbation(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: Target, *,
                         patch: int = 4, steps: int | None = None, order: str = "morf",
@@ -192,7 +179,7 @@ def region_perturbation(model: nn.Module, x: torch.Tensor, maps: torch.Tensor, t
 
     logits, probs, predicted = [], [], []
     targets: torch.Tensor | None = None
-    with _kept_buffers(model), channels_last(model):
+    with kept_buffers(model), channels_last(model):
         for k in range(steps + 1):
             perturbed = torch.where(pixel_rank < k, fill, x)
             out = forward_in_batches(model, perturbed, batch_size)

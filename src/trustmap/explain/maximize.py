@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from trustmap.errors import ConfigError
-from trustmap.explain.core import frozen_parameters, model_device, module_named
+from trustmap.explain.core import frozen_parameters, kept_buffers, model_device, module_named
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -56,18 +56,6 @@ def _output_of(model: nn.Module, layer: str | None) -> Iterator[Callable[[torch.
         yield read
     finally:
         handle.remove()
-
-
-@contextmanager
-def _kept_buffers(model: nn.Module) -> Iterator[None]:
-    """Buffers (BatchNorm running statistics of a model in train mode) come back unchanged."""
-    saved = [(b, b.detach().clone()) for b in model.buffers()]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for buffer, value in saved:
-                buffer.copy_(value)
 
 
 def _unit_list(units: Sequence[int] | int) -> list[int]:
@@ -141,7 +129,7 @@ def maximize_activation(model: nn.Module, *, layer: str | None = None,
     param = initial.to(device).requires_grad_()
     index = torch.tensor(unit_list, device=device)
     optimizer = torch.optim.Adam([param], lr=lr)
-    with frozen_parameters(model), _kept_buffers(model), _output_of(model, layer) as output_of, \
+    with frozen_parameters(model), kept_buffers(model), _output_of(model, layer) as output_of, \
             torch.enable_grad():
         with torch.no_grad():
             available = output_of(torch.sigmoid(param)).shape[1]
