@@ -27,6 +27,16 @@ def zoo_model(name: str) -> nn.Module:
     return build(name, **ZOO[name]).eval()
 
 
+def sampling_lenet() -> nn.Module:
+    """A seeded lenet with dropout whose Dropout layers sample (MC dropout), the rest in eval."""
+    torch.manual_seed(0)
+    model = build("lenet", dropout=0.25).eval()
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.train()
+    return model
+
+
 def assert_same(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
     """Equal up to `rel` of the expected map's scale (which must not be zero)."""
     expected = expected.detach()

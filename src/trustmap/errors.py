@@ -3,6 +3,9 @@
 Every message names the file or argument, what was wrong, and what to do about it.
 """
 
+import difflib
+from collections.abc import Iterable
+
 
 class TrustmapError(Exception):
     """Base class of every error trustmap raises on purpose."""
@@ -22,3 +25,9 @@ class CheckpointError(TrustmapError):
 
 class ConfigError(TrustmapError, ValueError):
     """A configuration key or value is not allowed."""
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices`` to a mistyped name, else ""."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -7,14 +7,13 @@ measures (explanation disagreement) are all listed, described and computed the s
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import torch
 
-from trustmap.errors import ConfigError, DataError
+from trustmap.errors import ConfigError, DataError, did_you_mean
 from trustmap.predictive import Prediction
 
 
@@ -117,9 +116,7 @@ def get(name: str) -> Measure:
     """The measure called ``name``; an unknown name gets the closest match as a hint."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    close = difflib.get_close_matches(str(name), _REGISTRY, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"unknown uncertainty measure {name!r}{hint}; "
+    raise ConfigError(f"unknown uncertainty measure {name!r}{did_you_mean(name, _REGISTRY)}; "
                       f"known measures: {', '.join(_REGISTRY)}")
 
 

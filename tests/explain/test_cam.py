@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import GuidedGradCam, LayerAttribution, LayerGradCam
-from explain_support import ZOO, assert_same, assert_untouched, hooked_modules, state, zoo_model
+from explain_support import (
+    ZOO,
+    assert_same,
+    assert_untouched,
+    hooked_modules,
+    sampling_lenet,
+    state,
+    zoo_model,
+)
 from torch import nn
 
 from trustmap.errors import ConfigError, DataError
@@ -105,11 +113,7 @@ def test_the_map_is_repeated_on_every_channel(digits):
 
 def test_mc_dropout_gradcam_explains_the_same_stochastic_forward(digits):
     x, labels = digits
-    torch.manual_seed(0)
-    model = build("lenet", dropout=0.25).eval()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.train()
+    model = sampling_lenet()
     before = state(model)
     torch.manual_seed(3)
     ours = layer_gradcam(model, x, labels, relu=False)

@@ -12,7 +12,15 @@ from captum.attr import (
     NoiseTunnel,
     Saliency,
 )
-from explain_support import ZOO, assert_same, assert_untouched, hooked_modules, state, zoo_model
+from explain_support import (
+    ZOO,
+    assert_same,
+    assert_untouched,
+    hooked_modules,
+    sampling_lenet,
+    state,
+    zoo_model,
+)
 from torch import nn
 
 from trustmap.errors import ConfigError, DataError, TrustmapError
@@ -185,11 +193,7 @@ def test_smoothgrad_does_not_clamp_noisy_images():
 
 def test_methods_explain_the_stochastic_forward_of_mc_dropout(digits):
     x, labels = digits
-    torch.manual_seed(0)
-    model = build("lenet", dropout=0.25).eval()
-    for m in model.modules():
-        if isinstance(m, nn.Dropout):
-            m.train()
+    model = sampling_lenet()
     before = state(model)
     torch.manual_seed(5)
     ours = G.gradient(model, x, labels)

@@ -13,7 +13,6 @@ is epsilon everywhere but flat in the input layer.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from trustmap.errors import ConfigError
+from trustmap.errors import ConfigError, did_you_mean
 from trustmap.explain.canonize import merged_batchnorm
 from trustmap.explain.core import Target, as_targets, check_inputs, frozen_parameters
 from trustmap.explain.lrp import (
@@ -118,8 +117,7 @@ def composite_named(composite: str | Composite) -> Composite:
         return composite
     if isinstance(composite, str) and composite in COMPOSITES:
         return COMPOSITES[composite]
-    close = difflib.get_close_matches(str(composite), COMPOSITES, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(composite, COMPOSITES)
     raise ConfigError(f"unknown LRP composite {composite!r}{hint}; known composites: "
                       f"{', '.join(COMPOSITES)}")
 

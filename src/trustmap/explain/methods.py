@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 import torch
 from torch import nn
 
-from trustmap.errors import ConfigError
+from trustmap.errors import ConfigError, did_you_mean
 from trustmap.explain import cam, composites, gradient, occlusion
 from trustmap.explain.core import Target
 
@@ -49,9 +48,8 @@ def get(method: str | Method) -> Method:
         return method
     if method in _METHODS:
         return _METHODS[method]
-    close = difflib.get_close_matches(str(method), _METHODS, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ConfigError(f"unknown attribution method {method!r}{hint}; known methods: "
+    raise ConfigError(f"unknown attribution method {method!r}{did_you_mean(method, _METHODS)}; "
+                      "known methods: "
                       f"{', '.join(_METHODS)}")
 
 

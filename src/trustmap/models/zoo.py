@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from trustmap.errors import ModelError
+from trustmap.errors import ModelError, did_you_mean
 from trustmap.models import cnn, resnet
 from trustmap.models.base import Classifier, per_channel
 
@@ -52,10 +52,7 @@ def names() -> list[str]:
 def _builder(name: object) -> Callable[..., Classifier]:
     if isinstance(name, str) and name in _BUILDERS:
         return _BUILDERS[name]
-    hint = ""
-    if isinstance(name, str):
-        close = difflib.get_close_matches(name.lower(), _BUILDERS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(name.lower(), _BUILDERS) if isinstance(name, str) else ""
     raise ModelError(f"unknown model {name!r}{hint}; known models: {', '.join(_BUILDERS)}")
 
 

@@ -7,14 +7,13 @@ outside its allowed set, raises a ConfigError that names it and lists what is al
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trustmap.errors import ConfigError
+from trustmap.errors import ConfigError, did_you_mean
 
 ALL_OOD = ("fashion-mnist", "letters", "natural-patches", "noise-uniform", "noise-gaussian")
 
@@ -131,8 +130,7 @@ def _build(cls: type, values: dict[str, Any], where: str = "") -> Any:
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, fields)
             section = f"[{where}]" if where else "the top level"
             raise ConfigError(f"unknown key {path!r}{hint}; {section} allows: {', '.join(fields)}")
         kwargs[key] = _convert(path, value, hints[key])
@@ -162,9 +160,7 @@ def load_config(path: Path | str) -> RunConfig:
 def _allowed(where: str, values: tuple[str, ...], allowed: list[str] | tuple[str, ...]) -> None:
     for value in values:
         if value not in allowed:
-            close = difflib.get_close_matches(value, list(allowed), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: {value!r} is not allowed{hint}; "
+            raise ConfigError(f"{where}: {value!r} is not allowed{did_you_mean(value, allowed)}; "
                               f"choose from {', '.join(allowed)}")
 
 
