@@ -16,6 +16,8 @@ from trustmap.models import Classifier, Normalize, build, describe, names
 from trustmap.models.resnet import BasicBlock
 
 ZOO = ["lenet", "lenet5", "cnn", "cnn1000", "alexnet", "resnet18", "resnet34"]
+"""The 28x28 image models; the recurrent ones are tested in test_recurrent.py."""
+RECURRENT = ["rnn-shallow", "rnn-deep", "rnn-deepv2", "rnn-convdeep", "lstm", "gru"]
 DROPOUT_BY_DEFAULT = {"cnn", "cnn1000", "alexnet"}
 # Narrow resnets keep the suite fast; the block layout is checked at full width on "meta".
 SMALL: dict[str, dict[str, Any]] = {"resnet18": {"width": 8}, "resnet34": {"width": 4}}
@@ -32,7 +34,7 @@ def images(n: int = 2, channels: int = 1, seed: int = 0) -> torch.Tensor:
 
 
 def test_names_are_the_zoo():
-    assert names() == ZOO
+    assert names() == ZOO + RECURRENT
 
 
 @pytest.mark.parametrize(("name", "channels", "classes"), list(product(ZOO, [1, 3], [2, 10])))
@@ -206,7 +208,7 @@ def test_resnet_stages_halve_the_resolution():
 
 def test_describe_lists_every_model_with_its_facts():
     rows = describe()
-    assert [row.name for row in rows] == ZOO
+    assert [row.name for row in rows] == ZOO + RECURRENT
     by_name = {row.name: row for row in rows}
     for name in ("lenet", "lenet5", "cnn", "cnn1000", "alexnet"):
         model = make(name)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from trustmap.data import embedded, formats
+from trustmap.data import embedded, formats, sequences
 from trustmap.data.dataset import SPLITS, Dataset, from_uint8
 from trustmap.data.sources import (
     CIFAR10_BATCHES,
@@ -139,11 +139,41 @@ REGISTRY: dict[str, _Entry] = {
                              _EMBEDDED_OPTIONS,
                              functools.partial(embedded.load_noise, "gaussian")),
 }
+SEQUENCE_DATASETS = ("mnist-3-maj", "fashion-3-maj", "mnist-embedded-3-maj")
+"""The sequence sets ``list_datasets`` shows; any other name + '-3-maj' loads too."""
+
+
+def _sequence_entry(base: str) -> _Entry:
+    base_entry = _entry(base)
+    options = tuple(o for o in base_entry.options if o != "seed") + ("seed",)
+    return _Entry("derived", f"3-item majority sequences (28x84, seed 002) built from {base}",
+                  options, functools.partial(_load_sequence_dataset, base))
+
+
+def _load_sequence_dataset(base: str, split: str, seed: int = 0, **options: Any) -> Dataset:
+    return sequences.majority(load(base, split, **options), seed).dataset
+
+
+def load_sequences(name: str, split: str = "test", seed: int = 0,
+                   **options: Any) -> sequences.MajoritySequences:
+    """The majority sequences ``name`` (e.g. 'fashion-3-maj', 'mnist-embedded-3-maj') with
+    where each item went, for the data-region mask; ``load(name)`` gives the same dataset."""
+    base = sequences.base_name(name)
+    if base is None:
+        raise DataError(f"{name!r} is not a sequence dataset; sequence names are "
+                        f"{', '.join(sequences.ALIASES)} or any dataset name + "
+                        f"{sequences.SUFFIX!r}, e.g. 'mnist-embedded{sequences.SUFFIX}'")
+    entry = _sequence_entry(base)
+    _check_request(name, entry, split, {"seed": seed, **options})
+    return sequences.majority(load(base, split, **options), seed)
 
 
 def _entry(name: str) -> _Entry:
     if name in REGISTRY:
         return REGISTRY[name]
+    base = sequences.base_name(name)
+    if base is not None and base in REGISTRY:
+        return _sequence_entry(base)
     close = difflib.get_close_matches(str(name), REGISTRY, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
     raise DataError(f"unknown dataset {name!r}; {hint}known datasets: {', '.join(REGISTRY)}")
@@ -152,12 +182,18 @@ def _entry(name: str) -> _Entry:
 def load(name: str, split: str = "test", **options: Any) -> Dataset:
     """Load ``split`` of dataset ``name`` as a Dataset (float32 [N,C,H,W] in [0, 1]).
 
-    Official datasets take ``root`` (a directory holding the files, or a ``name/`` folder of
+    Sequence datasets ('mnist-3-maj', 'fashion-3-maj', any name + '-3-maj') take ``seed``
+    and their base's options. Official datasets take ``root`` (a directory holding the files, or a ``name/`` folder of
     them, instead of the search path); svhn and cifar10 also take ``crop`` (one of CROPS), the
     recorded way their 32x32 colour images become 28x28 gray. Embedded and generated datasets
     take ``n`` and ``seed`` where they are generated.
     """
     entry = _entry(name)
+    _check_request(name, entry, split, options)
+    return entry.loader(split, **options)
+
+
+def _check_request(name: str, entry: _Entry, split: str, options: dict[str, Any]) -> None:
     if split not in SPLITS:
         raise DataError(f"dataset {name!r}: unknown split {split!r}; "
                         f"choose one of {', '.join(SPLITS)}")
@@ -166,7 +202,6 @@ def load(name: str, split: str = "test", **options: Any) -> Dataset:
         allowed = ", ".join(entry.options) if entry.options else "none"
         raise DataError(f"dataset {name!r} does not take option(s) {', '.join(unknown)}; "
                         f"allowed options: {allowed}")
-    return entry.loader(split, **options)
 
 
 def _official_sizes(name: str, directory: Path) -> dict[str, int] | None:
@@ -186,6 +221,12 @@ def _official_sizes(name: str, directory: Path) -> dict[str, int] | None:
 
 
 def _info(name: str, entry: _Entry) -> DatasetInfo:
+    if entry.kind == "derived":
+        base = sequences.base_name(name)
+        assert base is not None
+        info = _info(base, _entry(base))
+        return DatasetInfo(name, entry.kind, entry.description, info.available,
+                           info.location, info.sizes)
     if entry.kind == "official":
         directory = locate(name)
         if directory is None:
@@ -200,4 +241,5 @@ def _info(name: str, entry: _Entry) -> DatasetInfo:
 
 def list_datasets() -> list[DatasetInfo]:
     """Every dataset ``load`` knows, whether it is available here, where, and how big."""
-    return [_info(name, entry) for name, entry in REGISTRY.items()]
+    return ([_info(name, entry) for name, entry in REGISTRY.items()]
+            + [_info(name, _entry(name)) for name in SEQUENCE_DATASETS])

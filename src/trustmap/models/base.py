@@ -81,12 +81,13 @@ class Classifier(nn.Module):
     """normalize → features → head, with the metadata explanation and checkpoint code needs.
 
     `features` ends in spatial feature maps; `head` turns them into logits. `gradcam_layer`
-    is a key of ``dict(self.named_modules())``. `build_args` is JSON-serialisable and
+    is a key of ``dict(self.named_modules())``, or None where no layer has a spatial map
+    Grad-CAM could read (the recurrent models). `build_args` is JSON-serialisable and
     ``trustmap.models.build(**build_args)`` rebuilds the same architecture.
     """
 
     def __init__(self, name: str, normalize: Normalize, features: nn.Module, head: nn.Module, *,
-                 num_classes: int, gradcam_layer: str, options: dict[str, Any]) -> None:
+                 num_classes: int, gradcam_layer: str | None, options: dict[str, Any]) -> None:
         super().__init__()
         self.normalize = normalize  # registered first: the first submodule, by contract
         self.features = features

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from trustmap.errors import ModelError, did_you_mean
-from trustmap.models import cnn, resnet
+from trustmap.models import cnn, recurrent, resnet
 from trustmap.models.base import Classifier, per_channel
 
 _BUILDERS: dict[str, Callable[..., Classifier]] = {
@@ -29,6 +29,12 @@ _BUILDERS: dict[str, Callable[..., Classifier]] = {
     "alexnet": cnn.alexnet,
     "resnet18": resnet.resnet18,
     "resnet34": resnet.resnet34,
+    "rnn-shallow": recurrent.rnn_shallow,
+    "rnn-deep": recurrent.rnn_deep,
+    "rnn-deepv2": recurrent.rnn_deepv2,
+    "rnn-convdeep": recurrent.rnn_convdeep,
+    "lstm": recurrent.lstm,
+    "gru": recurrent.gru,
 }
 
 
@@ -39,7 +45,7 @@ class ModelInfo:
     name: str
     description: str
     parameters: int
-    gradcam_layer: str
+    gradcam_layer: str | None
     has_dropout: bool
     defaults: dict[str, Any]
 
