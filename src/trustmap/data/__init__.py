@@ -5,4 +5,5 @@ from trustmap.data.dataset import Dataset, check_images
 from trustmap.data.fetch import fetch
 from trustmap.data.transforms import CROPS
 
-__all__ = ["Dataset", "check_images", "load", "load_sequences", "list_datasets", "DatasetInfo", "fetch", "CROPS"]
+__all__ = ["Dataset", "check_images", "load", "load_sequences", "list_datasets", "DatasetInfo",
+           "fetch", "CROPS"]
