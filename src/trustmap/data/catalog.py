@@ -184,9 +184,9 @@ def load(name: str, split: str = "test", **options: Any) -> Dataset:
 
     Sequence datasets ('mnist-3-maj', 'fashion-3-maj', any name + '-3-maj') take ``seed``
     and their base's options. Official datasets take ``root`` (a directory holding the files,
-    or a ``name/`` folder of them, instead of the search path); svhn and cifar10 also take ``crop`` (one of CROPS), the
-    recorded way their 32x32 colour images become 28x28 gray. Embedded and generated datasets
-    take ``n`` and ``seed`` where they are generated.
+    or a ``name/`` folder of them, instead of the search path); svhn and cifar10 also take
+    ``crop`` (one of CROPS), the recorded way their 32x32 colour images become 28x28 gray.
+    Embedded and generated datasets take ``n`` and ``seed`` where they are generated.
     """
     entry = _entry(name)
     _check_request(name, entry, split, options)
