@@ -87,3 +87,47 @@ class RunResults:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Dataset name -> float32 [N, C, H, W] images in ``per_sample`` row order (by ``index``)."""
     explanations: ExplanationResults | None = None
+
+
+ACCURACY_COLUMNS = ("architecture", "dataset", "parameters", "epochs", "val_accuracy",
+                    "accuracy", "train_seconds")
+"""One row per architecture trained on one sequence dataset; ``accuracy`` on its test split."""
+REGION_COLUMNS = ("architecture", "method", "n", "share", "sem", "share_pixels")
+"""Mean share of positive relevance in the data region (chance = ``RecurrentResults.chance``)
+summed per step, its standard error, and the same share computed per pixel."""
+STEP_COLUMNS = ("architecture", "method", "step", "share")
+"""Mean share of positive relevance at each step (1..T) of samples whose odd item is in the
+last block, so the profile has a known ideal: the first two thirds of the steps."""
+RECURRENT_AOPC_COLUMNS = ("architecture", "method", "order", "n", "aopc", "aopc_sem",
+                          "flips_to_change")
+"""AOPC of 4x4-patch region perturbation (most relevant first, or a random order) and the
+mean number of 7x7 flips until the prediction changes."""
+RECURRENT_CURVE_COLUMNS = ("architecture", "method", "order", "step", "mean")
+"""Mean probability of the explained class after ``step`` 4x4 patches were removed."""
+
+
+@dataclass
+class RecurrentResults:
+    """Seed 002's study on one sequence dataset: which method explains which architecture."""
+
+    header: dict[str, Any]
+    """What was run: command, config, dataset with provenance, versions, seconds."""
+    dataset: str
+    architectures: list[str]
+    methods: list[str]
+    accuracy: pd.DataFrame
+    region: pd.DataFrame
+    steps: pd.DataFrame
+    aopc: pd.DataFrame
+    curves: pd.DataFrame
+    examples: torch.Tensor
+    """[E, 1, 28, 84] example inputs (the same for every architecture and method)."""
+    example_labels: list[str]
+    example_masks: torch.Tensor
+    """[E, 1, 28, 84] bool: each example's data region."""
+    maps: dict[tuple[str, str], torch.Tensor]
+    """(architecture, method) -> [E, 1, 28, 84] signed maps of the examples."""
+    chance: float = 2 / 3
+    speed: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Maps per second of each architecture and method (columns architecture, method,
+    maps_per_second)."""
