@@ -26,8 +26,10 @@ app = typer.Typer(help="trustmap: where an image classifier looks, and how much 
                   no_args_is_help=True, add_completion=False)
 data_app = typer.Typer(help="List, fetch and look at datasets.", no_args_is_help=True)
 models_app = typer.Typer(help="The model zoo.", no_args_is_help=True)
+study_app = typer.Typer(help="The seed studies, each with its own report.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(study_app, name="study")
 
 console = Console(soft_wrap=True)  # long paths stay on one line, copyable
 errors = Console(stderr=True, soft_wrap=True)
@@ -96,6 +98,49 @@ def run(
     report = run_study(settings, runs_dir, progress=not quiet, log=log,
                        command="trustmap run" + (f" --config {config}" if config else ""))
     console.print(f"report: {report}")
+
+
+# --- studies ---------------------------------------------------------------------------------
+
+@study_app.command("recurrent")
+@friendly_errors
+def study_recurrent(
+    data: Annotated[str, typer.Option(
+        help="Sequence dataset: mnist-embedded-3-maj (ships with the install), fashion-3-maj, "
+             "mnist-3-maj, or any dataset name + '-3-maj'.")] = "mnist-embedded-3-maj",
+    out: Annotated[Path | None, typer.Option(
+        help="Output directory (default runs/recurrent-DATA); trained models there are reused.")]
+    = None,
+    architectures: Annotated[str | None, typer.Option(
+        help="Comma-separated architectures (default: all six).")] = None,
+    methods: Annotated[str | None, typer.Option(
+        help="Comma-separated methods (default: all five).")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs per architecture.")] = 30,
+    n: Annotated[int, typer.Option(help="Test samples explained.")] = 500,
+    aopc_n: Annotated[int, typer.Option(help="Of those, how many get perturbation curves.")]
+    = 200,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Seed 002: train (or reuse) the recurrent architectures on 3-item majority sequences,
+    explain them with every method, and report accuracy, relevance in the data region, AOPC."""
+    from trustmap.studies.recurrent_relevance import RecurrentConfig, run
+
+    defaults = RecurrentConfig()
+    config = RecurrentConfig(
+        data=data, epochs=epochs, explain_n=n, aopc_n=aopc_n, device=str(_device(device)),
+        architectures=_names(architectures) or defaults.architectures,
+        methods=_names(methods) or defaults.methods)
+    log = (lambda message: None) if quiet else (lambda message: console.print(message))
+    target = out if out is not None else Path("runs") / f"recurrent-{data}"
+    started = time.perf_counter()
+    report = run(config, target, progress=not quiet, log=log,
+                 command=f"trustmap study recurrent --data {data} --epochs {epochs}")
+    console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
+
+
+def _names(option: str | None) -> tuple[str, ...]:
+    return tuple(name.strip() for name in option.split(",") if name.strip()) if option else ()
 
 
 # --- data ------------------------------------------------------------------------------------

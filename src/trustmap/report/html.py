@@ -3,6 +3,9 @@
 The page reads only ``RunResults``; every number it shows was computed by the study, except
 the ROC points the figures draw. It is written like every other trustmap output: figures into
 a hidden staging folder, then moved beside the page, then the page itself, atomically, last.
+That machinery (``write_page``), the table builder (``build_table``), the header
+(``page_header``) and the templates (``render_page``) are shared with the other pages of the
+package, such as the recurrent study's (``trustmap.report.recurrent``).
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ import json
 import math
 import numbers
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +47,9 @@ FIGURES_DIR = "figures"
 DEFAULT_PREDICTIVE = "ensemble"
 COLLAPSE_CHARS = 400
 
+ROW_HEADERS = ("measure", "predictive")
+"""Columns whose cells name a row (``<th>``) unless a table says otherwise."""
+
 HIGHER_IS_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
 LOWER_IS_BETTER = {"fpr95", "nll", "brier", "ece", "mce"}
 LABELS = {"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95": "FPR@95%TPR",
@@ -51,6 +58,8 @@ LABELS = {"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95
 
 @dataclass
 class Cell:
+    """One formatted table cell with the value the page's script sorts it by."""
+
     text: str
     sort: str
     best: bool = False
@@ -59,6 +68,8 @@ class Cell:
 
 @dataclass
 class Table:
+    """What the templates' ``table`` macro draws: one sortable table."""
+
     id: str
     columns: list[str]
     numeric: list[bool]
@@ -68,6 +79,8 @@ class Table:
 
 @dataclass
 class FigureRef:
+    """A figure drawn for a page: its path relative to the page, and its caption."""
+
     src: str
     caption: str
 
@@ -83,6 +96,8 @@ class Section:
 
 @dataclass
 class HeaderItem:
+    """One entry of a page's header: text, a small table, or preformatted JSON."""
+
     label: str
     text: str = ""
     columns: list[str] = field(default_factory=list)
@@ -103,30 +118,46 @@ def write_report(results: RunResults, out_dir: Path | str, predictive: str | Non
     the first. If any figure or the page fails, the staging folder is removed and an earlier
     report in ``out_dir`` is left as it was, every figure it points at included.
     """
-    out_dir = Path(out_dir)
     _check(results)
     chosen = _choose_predictive(results, predictive)
+    return write_page(Path(out_dir) / REPORT_NAME, lambda: _plan_figures(results, chosen),
+                      lambda sections: _render(results, chosen, sections))
+
+
+def write_page(page: Path, plan: Callable[[], list[Section]],
+               render: Callable[[list[Section]], str], prefix: str = "") -> Path:
+    """Draw the planned figures, render the page, and write both beside each other; return it.
+
+    Figures are drawn into a hidden staging folder first and named
+    ``<prefix><NN>-<name>.png``; only once all of them and the page text exist do they move into
+    ``figures/`` and is the page written, atomically. If anything fails, an earlier page and
+    every figure it points at are left as they were. Afterwards, figures of this page's
+    ``prefix`` that it no longer draws are removed, and no other file: pages with different
+    prefixes can share one figures folder.
+    """
+    out_dir = page.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir = out_dir / FIGURES_DIR
-    staging = Path(tempfile.mkdtemp(prefix=".figures-", dir=out_dir))
+    staging = Path(tempfile.mkdtemp(prefix=f".{prefix}figures-", dir=out_dir))
     try:
-        sections = _plan_figures(results, chosen)
+        sections = plan()
         for number, (section, name, caption, draw) in enumerate(_jobs(sections), start=1):
-            filename = f"{number:02d}-{_slug(name)}.png"
+            filename = f"{prefix}{number:02d}-{_slug(name)}.png"
             figures.save_figure(draw(), staging / filename)
             section.drawn.append(FigureRef(f"{FIGURES_DIR}/{filename}", caption))
-        page = _render(results, chosen, sections)
+        text = render(sections)
         figures_dir.mkdir(exist_ok=True)
         written = {path.name for path in staging.iterdir()}
         for name in sorted(written):
             os.replace(staging / name, figures_dir / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    report = write_atomic(out_dir / REPORT_NAME, lambda tmp: tmp.write_text(page, "utf-8"))
+    page = write_atomic(page, lambda tmp: tmp.write_text(text, "utf-8"))
+    own = re.compile(re.escape(prefix) + r"\d+-.*\.png")
     for stale in figures_dir.glob("*.png"):
-        if stale.name not in written:
+        if own.fullmatch(stale.name) and stale.name not in written:
             stale.unlink()
-    return report
+    return page
 
 
 def _choose_predictive(results: RunResults, predictive: str | None) -> str:
@@ -281,39 +312,56 @@ def _degenerate(results: RunResults) -> set[tuple[str, str]]:
     return found
 
 
-def _render(results: RunResults, predictive: str, sections: list[Section]) -> str:
+def render_page(template: str, **context: Any) -> str:
+    """``template`` (a file in ``templates/``) rendered with ``context``, HTML-escaped.
+
+    Undefined names raise instead of rendering as blanks, so a template and its writer never
+    silently drift apart.
+    """
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template(template).render(**context)
+
+
+def page_header(header: Mapping[str, Any], default_title: str) -> tuple[str, list[HeaderItem]]:
+    """The page title (``header["title"]`` or ``default_title``) and every other entry."""
+    entries = dict(header)
+    title = str(entries.pop("title", default_title))
+    return title, [_header_item(key, value) for key, value in entries.items()]
+
+
+def _render(results: RunResults, predictive: str, sections: list[Section]) -> str:
     degenerate = _degenerate(results)
-    header = dict(results.header)
-    title = str(header.pop("title", "trustmap report"))
-    return environment.get_template("report.html.j2").render(
+    title, header = page_header(results.header, "trustmap report")
+    return render_page(
+        "report.html.j2",
         title=title,
-        header=[_header_item(key, value) for key, value in header.items()],
+        header=header,
         in_distribution=results.in_distribution,
         predictive=predictive,
         measures=results.measures,
         degenerate_measures=sorted({f"{m} under {p}" for p, m in degenerate
                                     if m in results.measures}),
         summary=_summary(results),
-        ood_pivot=_table("ood-auroc", _ood_pivot(results), degenerate,
-                         directions=dict.fromkeys(_ood_sets(results), 1)),
-        ood_long=_table("ood-all", _display_order(results, results.ood,
-                                                  ["ood_set", "measure", "predictive"]),
-                        degenerate, group_by=["ood_set"]),
-        misclassification=_table("misclassification", _display_order(
+        ood_pivot=build_table("ood-auroc", _ood_pivot(results), degenerate,
+                              directions=dict.fromkeys(_ood_sets(results), 1)),
+        ood_long=build_table("ood-all", _display_order(results, results.ood,
+                                                       ["ood_set", "measure", "predictive"]),
+                             degenerate, group_by=["ood_set"]),
+        misclassification=build_table("misclassification", _display_order(
             results, results.misclassification, ["measure", "predictive"]), degenerate),
-        calibration=_table("calibration", results.calibration, degenerate),
-        adversarial=_table("adversarial", results.adversarial, degenerate,
-                           group_by=["attack", "epsilon", "attacked", "negatives", "subset"]),
+        calibration=build_table("calibration", results.calibration, degenerate),
+        adversarial=build_table("adversarial", results.adversarial, degenerate,
+                                group_by=["attack", "epsilon", "attacked", "negatives",
+                                          "subset"]),
         figures={section.key: section.drawn for section in sections},
         explanations=results.explanations,
-        explanation_vs_probability=_table(
+        explanation_vs_probability=build_table(
             "explanation-vs-probability", _explanation_vs_probability(results), set(),
             directions={}),
-        aopc=_table("aopc", results.explanations.aopc, set(),
-                    directions={"aopc": 1}, group_by=["order"])
+        aopc=build_table("aopc", results.explanations.aopc, set(),
+                         directions={"aopc": 1}, group_by=["order"])
         if results.explanations is not None else None,
     )
 
@@ -362,14 +410,22 @@ def _ood_pivot(results: RunResults) -> pd.DataFrame:
     return pivot.reset_index()
 
 
-def _table(table_id: str, frame: pd.DataFrame, degenerate: set[tuple[str, str]],
-           directions: dict[str, int] | None = None, group_by: list[str] | None = None) -> Table:
+def build_table(table_id: str, frame: pd.DataFrame,
+                degenerate: Collection[tuple[str, str]] = frozenset(),
+                directions: dict[str, int] | None = None, group_by: list[str] | None = None,
+                row_headers: Collection[str] = ROW_HEADERS,
+                competing: pd.Series | None = None) -> Table:
     """Cells formatted to 3 decimals, the best value of each scored column marked.
 
     ``directions`` maps a column to +1 (higher is better) or -1; by default the known metrics.
     With ``group_by`` the best is found per group, where ranking across groups (different OOD
-    sets or attacks) would compare unlike things.
+    sets or attacks) would compare unlike things. ``competing`` (bool per row of ``frame``)
+    limits the best to some rows, e.g. not a random baseline listed for reference.
+    ``degenerate`` holds (predictive, measure) pairs whose rows are greyed; ``row_headers`` the
+    columns that name a row.
     """
+    eligible = pd.Series(True, index=range(len(frame))) if competing is None \
+        else pd.Series(list(competing), index=range(len(frame)), dtype=bool)
     frame = frame.reset_index(drop=True)
     if directions is None:
         directions = {c: 1 if c in HIGHER_IS_BETTER else -1 for c in frame.columns
@@ -380,13 +436,13 @@ def _table(table_id: str, frame: pd.DataFrame, degenerate: set[tuple[str, str]],
     best = pd.DataFrame(False, index=frame.index, columns=frame.columns)
     for column, direction in directions.items():
         for index in groups:
-            values = frame.loc[index, column].astype(float)
+            values = frame.loc[index, column].astype(float).where(eligible[index])
             if values.notna().any():
                 best.loc[index, column] = values == (values.max() if direction > 0
                                                      else values.min())
     records = list(frame.astype(object).iterrows())  # object: each cell keeps its own type
     rows = [[Cell(_text(record[c]), _sort_key(record[c]), bool(best.at[i, c]),
-                  row_header=c in ("measure", "predictive")) for c in frame.columns]
+                  row_header=c in row_headers) for c in frame.columns]
             for i, record in records]
     greyed = [(record.get("predictive"), record.get("measure")) in degenerate
               for _, record in records]
