@@ -135,7 +135,8 @@ def study_recurrent(
     target = out if out is not None else Path("runs") / f"recurrent-{data}"
     started = time.perf_counter()
     report = run(config, target, progress=not quiet, log=log,
-                 command=f"trustmap study recurrent --data {data} --epochs {epochs}")
+                 command=f"trustmap study recurrent --data {data} --epochs {epochs} "
+                         f"--out {target}")
     console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
 
 

@@ -180,8 +180,16 @@ def test_header_title_and_seed_002_reference(written: Path) -> None:
     text = written.read_text("utf-8")
     assert "<title>recurrent &lt;demo&gt;</title>" in text
     assert "trustmap study recurrent --epochs 3" in text and "75.0 s (0:01:15)" in text
-    assert "for comparison only" in text and "rnn-shallow 0.9806, rnn-deep 0.9861" in text
+    assert "laid out like seed 002" in text
     assert "chance, 2/3" in text and "steps 1–8 are the data region" in text
+
+
+def test_accuracy_pivot_has_a_column_per_architecture_and_the_seeds_row(page: Page) -> None:
+    assert page.header("accuracy-pivot")[1:] == ARCHITECTURES
+    cells, best = page.row("accuracy-pivot", "seed 002, reported test")
+    assert cells[1:] == ["0.981", "–"] and not any(best)  # rnn-deep was not in this run
+    cells, _ = page.row("accuracy-pivot", "mnist-3-maj: test")
+    assert cells[1:] == [f"{ACCURACY[a]:.3f}" for a in ARCHITECTURES]
 
 
 def test_accuracy_table_marks_the_best(page: Page) -> None:

@@ -160,6 +160,7 @@ def _render(results: RecurrentResults, sections: list[Section]) -> str:
         chance=_fraction(results.chance),
         ideal_steps=_ideal_steps(results) if len(results.steps) else None,
         reference=_reference(reference),
+        accuracy_pivot=_accuracy_pivot(results, reference),
         accuracy=_accuracy(results),
         region=_region_pivot(results),
         region_long=build_table(
@@ -181,12 +182,21 @@ def _fraction(value: float) -> str:
 
 
 def _reference(value: Any) -> str | None:
-    """Seed 002's accuracies as the header gives them: per architecture, or a sentence."""
-    if value is None:
-        return None
-    if isinstance(value, dict):
-        return ", ".join(f"{key} {number}" for key, number in value.items())
-    return str(value)
+    """A sentence the header gives instead of seed 002's accuracies per architecture."""
+    return None if value is None or isinstance(value, dict) else str(value)
+
+
+def _accuracy_pivot(results: RecurrentResults, reference: Any) -> Table:
+    """Seed 002's layout: a row per accuracy (this run's test and validation, the seed's
+    reported test accuracy where the header has it), a column per architecture."""
+    frame = results.accuracy.set_index("architecture")
+    rows = [{"": f"{results.dataset}: test", **frame["accuracy"].to_dict()},
+            {"": f"{results.dataset}: validation", **frame["val_accuracy"].to_dict()}]
+    if isinstance(reference, dict):
+        rows.append({"": "seed 002, reported test", **reference})
+    columns = ["", *[a for a in results.architectures if a in frame.index]]
+    return build_table("accuracy-pivot", pd.DataFrame(rows).reindex(columns=columns),
+                       directions={}, row_headers=("",))
 
 
 def _ordered(results: RecurrentResults, frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:

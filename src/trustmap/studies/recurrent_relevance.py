@@ -16,7 +16,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -157,9 +157,21 @@ def _perturbation_rows(architecture: str, method: str, model: nn.Module, x: torc
     return row, points
 
 
+@dataclass
+class ArchitectureScores:
+    """Rows of the study's tables for one architecture, and its maps of the examples."""
+
+    architecture: str
+    region: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    aopc: list[dict[str, Any]] = field(default_factory=list)
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    speed: list[dict[str, Any]] = field(default_factory=list)
+    example_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 def evaluate_architecture(architecture: str, model: nn.Module, test: MajoritySequences,
-                          config: RecurrentConfig, log: Log
-                          ) -> tuple[list[dict[str, Any]], ...]:
+                          config: RecurrentConfig, log: Log) -> ArchitectureScores:
     """Region shares, step profiles, perturbation rows and curves, speed and example maps of
     one trained architecture, for every method."""
     dataset = test.dataset
@@ -168,32 +180,32 @@ def evaluate_architecture(architecture: str, model: nn.Module, test: MajoritySeq
     last_is_odd = test.slots[:n, OTHER_CLASS] == 2
     device = next(model.parameters()).device
     x_device, labels_device = x.to(device), labels.to(device)
-    region, steps, aopc, curves, speed, examples = [], [], [], [], [], []
+    scores = ArchitectureScores(architecture)
     m = min(config.aopc_n, n)
     row, points = _perturbation_rows(architecture, "random", model, x_device[:m],
                                      torch.zeros_like(x_device[:m]), labels_device[:m],
                                      "random")
-    aopc.append(row)
-    curves.extend(points)
+    scores.aopc.append(row)
+    scores.curves.extend(points)
     for method in config.methods:
         maps, seconds = explain_all(method, model, x_device, labels_device)
-        speed.append({"architecture": architecture, "method": method,
-                      "maps_per_second": n / seconds})
+        scores.speed.append({"architecture": architecture, "method": method,
+                             "maps_per_second": round(n / seconds)})
         count, share, sem = _mean_sem(strip_region_share(maps, mask, STEP_WIDTH))
         _, share_pixels, _ = _mean_sem(region_share(maps, mask))
-        region.append({"architecture": architecture, "method": method, "n": count,
-                       "share": share, "sem": sem, "share_pixels": share_pixels})
+        scores.region.append({"architecture": architecture, "method": method, "n": count,
+                              "share": share, "sem": sem, "share_pixels": share_pixels})
         profile = column_shares(maps[last_is_odd], STEP_WIDTH).nanmean(0)
-        steps.extend({"architecture": architecture, "method": method, "step": t + 1,
-                      "share": float(value)} for t, value in enumerate(profile))
+        scores.steps.extend({"architecture": architecture, "method": method, "step": t + 1,
+                             "share": float(value)} for t, value in enumerate(profile))
         row, points = _perturbation_rows(architecture, method, model, x_device[:m],
                                          maps[:m].to(device), labels_device[:m], "morf")
-        aopc.append(row)
-        curves.extend(points)
-        examples.append(maps[:config.examples])
+        scores.aopc.append(row)
+        scores.curves.extend(points)
+        scores.example_maps[method] = maps[:config.examples]
         log(f"  {architecture} / {method}: {share:.3f} of the relevance in the data region, "
             f"AOPC {row['aopc']:.3f}, {n / seconds:,.0f} maps/s")
-    return region, steps, aopc, curves, speed, examples
+    return scores
 
 
 def run(config: RecurrentConfig, out: Path | str, progress: bool = True, log: Log = print,
@@ -209,8 +221,7 @@ def run(config: RecurrentConfig, out: Path | str, progress: bool = True, log: Lo
     runs = train_models(config, train.dataset, out, progress=progress, log=log)
     trained = time.perf_counter() - started
 
-    accuracy, region, steps, aopc, curves, speed = [], [], [], [], [], []
-    maps: dict[tuple[str, str], torch.Tensor] = {}
+    accuracy, scored = [], []
     for architecture, ensemble in runs.items():
         model = ensemble.members[0].to(config.device).eval()
         meta = ensemble.member_meta[0]
@@ -222,21 +233,22 @@ def run(config: RecurrentConfig, out: Path | str, progress: bool = True, log: Lo
             "accuracy": float((predicted.cpu() == test.dataset.labels).float().mean()),
             "train_seconds": meta["metrics"]["seconds"]})
         log(f"{architecture}: test accuracy {accuracy[-1]['accuracy']:.4f}; explaining")
-        parts = evaluate_architecture(architecture, model, test, config, log)
-        for table, rows in zip((region, steps, aopc, curves, speed), parts[:5], strict=True):
-            table.extend(rows)
-        maps.update({(architecture, method): example
-                     for method, example in zip(config.methods, parts[5], strict=True)})
+        scored.append(evaluate_architecture(architecture, model, test, config, log))
+
+    def table(name: str) -> pd.DataFrame:
+        return pd.DataFrame([row for scores in scored for row in getattr(scores, name)])
 
     e = min(config.examples, len(test.dataset))
     results = RecurrentResults(
         header=_header(config, command, test, trained, time.perf_counter() - started),
         dataset=config.data, architectures=list(config.architectures),
-        methods=list(config.methods), accuracy=pd.DataFrame(accuracy),
-        region=pd.DataFrame(region), steps=pd.DataFrame(steps), aopc=pd.DataFrame(aopc),
-        curves=pd.DataFrame(curves), examples=test.dataset.images[:e],
+        methods=list(config.methods), accuracy=pd.DataFrame(accuracy), region=table("region"),
+        steps=table("steps"), aopc=table("aopc"), curves=table("curves"),
+        examples=test.dataset.images[:e],
         example_labels=[test.dataset.classes[int(y)] for y in test.dataset.labels[:e]],
-        example_masks=test.mask[:e], maps=maps, speed=pd.DataFrame(speed))
+        example_masks=test.mask[:e], speed=table("speed"),
+        maps={(scores.architecture, method): example for scores in scored
+              for method, example in scores.example_maps.items()})
     report = write_recurrent_report(results, out)
     write_json(out / "metrics.json", _metrics(results, time.perf_counter() - started))
     return report
