@@ -151,7 +151,6 @@ class GatedRecurrence(nn.Module):
 
     def __init__(self, kind: str, in_features: int, hidden: int) -> None:
         super().__init__()
-        self.kind = kind
         cell = nn.LSTM if kind == "lstm" else nn.GRU
         self.rnn = cell(in_features, hidden, batch_first=True)
 
@@ -267,6 +266,4 @@ def gru(in_channels: int, num_classes: int, *, dropout: float = 0.2,
     return _gated_model("gru", in_channels, num_classes, 160, dropout, mean, std)
 
 
-RELU_ARCHITECTURES = ("rnn-shallow", "rnn-deep", "rnn-deepv2", "rnn-convdeep")
-GATED_ARCHITECTURES = ("lstm", "gru")
-ARCHITECTURES = RELU_ARCHITECTURES + GATED_ARCHITECTURES
+ARCHITECTURES = ("rnn-shallow", "rnn-deep", "rnn-deepv2", "rnn-convdeep", "lstm", "gru")
