@@ -183,3 +183,25 @@ def test_cosine_schedule_decays_to_zero() -> None:
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ConfigError, match="flip only suits"):
         TrainConfig(augment=("rotate",))
+
+
+def test_fit_with_an_objective_trains_as_given_and_records_val_loss(mnist_small) -> None:
+    # Cross-entropy given as an objective must train exactly like the default, and its mean on
+    # val is the NLL that the default path records.
+    train, val = mnist_small.subset(torch.arange(0, 600, 3)), mnist_small.subset(slice(1, 100, 2))
+    config = TrainConfig(epochs=1, batch_size=32, lr=2e-3, augment=("shift",))
+    results, weights = [], []
+    for objective in (None, lambda model, x, y: torch.nn.functional.cross_entropy(model(x), y)):
+        torch.manual_seed(3)
+        model = build("lenet")
+        results.append(fit(model, train, val, config, seed=11, progress=False,
+                           objective=objective))
+        weights.append(model.state_dict())
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+    default, custom = results[0].history[0], results[1].history[0]
+    assert default.train_loss == custom.train_loss
+    assert default.val_loss is None and "val_loss" not in results[0].metrics
+    assert custom.val_accuracy is None and custom.val_nll is None
+    assert custom.val_loss == pytest.approx(default.val_nll, rel=1e-5)
+    assert results[1].metrics["val_loss"] == custom.val_loss

@@ -1,4 +1,4 @@
-"""Training of one model or of an ensemble, and checkpoints that restore it exactly.
+"""Training of one model, of an ensemble or of a VAE, and checkpoints that restore it exactly.
 
 A run directory holds ``run.json`` (what was trained, on what, how) and, per member,
 ``member-<i>.safetensors`` (weights) with ``member-<i>.json`` (its seed, history, metrics).
@@ -28,6 +28,9 @@ from trustmap.atomic import write_atomic
 from trustmap.data.dataset import Dataset
 from trustmap.errors import CheckpointError, ConfigError
 from trustmap.models import build, channels_last, to_channels_last
+from trustmap.models.vae import NAME as VAE_NAME
+from trustmap.models.vae import VAE, vae_loss
+from trustmap.models.vae import build as build_vae
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -39,6 +42,9 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 RUN_FILE = "run.json"
 SCHEDULES = ("constant", "cosine")
 AUGMENTATIONS = ("shift", "flip")
+
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``objective(model, images, labels) -> scalar loss`` for ``fit``; may ignore the labels."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class EpochRecord:
     val_accuracy: float | None
     val_nll: float | None
     images_per_second: float
+    val_loss: float | None = None  # mean training objective on val, when fit had one
 
 
 @dataclass
@@ -131,9 +138,13 @@ class FitResult:
     @property
     def metrics(self) -> dict[str, float | None]:
         last = self.history[-1]
-        return {"val_accuracy": last.val_accuracy, "val_nll": last.val_nll,
-                "train_loss": last.train_loss, "seconds": self.seconds,
-                "images_per_second": float(np.mean([r.images_per_second for r in self.history]))}
+        metrics = {"val_accuracy": last.val_accuracy, "val_nll": last.val_nll,
+                   "train_loss": last.train_loss, "seconds": self.seconds,
+                   "images_per_second": float(np.mean([r.images_per_second
+                                                       for r in self.history]))}
+        if last.val_loss is not None:
+            metrics["val_loss"] = last.val_loss
+        return metrics
 
 
 def member_seeds(run_seed: int, members: int) -> list[int]:
@@ -159,6 +170,19 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     return accuracy, nll
 
 
+@torch.no_grad()
+def evaluate_objective(model: nn.Module, objective: Objective, data: Dataset,
+                       batch_size: int = 1024) -> float:
+    """Mean of ``objective`` over ``data``, computed in chunks and weighted by chunk size."""
+    device = next(model.parameters()).device
+    total = 0.0
+    with channels_last(model):
+        for x, y in zip(data.images.split(batch_size), data.labels.split(batch_size),
+                        strict=True):
+            total += float(objective(model, to_channels_last(x.to(device)), y.to(device))) * len(x)
+    return total / len(data)
+
+
 def fit(
     model: nn.Module,
     train: Dataset,
@@ -167,10 +191,15 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     description: str = "train",
+    *,
+    objective: Objective | None = None,
 ) -> FitResult:
     """Train ``model`` in place with cross-entropy; shuffling is seeded by ``seed``.
 
     ``progress`` shows a bar on a terminal (never in a log file, where it would be noise).
+    ``objective(model, x, y)`` replaces cross-entropy on ``model(x)`` (e.g. a VAE's negative
+    ELBO, which ignores the labels); validation then records its mean on ``val`` as
+    ``val_loss`` instead of accuracy and NLL, which need logits.
 
     The caller seeds the initialisation (``build`` after ``torch.manual_seed``), so that
     initialisation and data order are two separate, reproducible choices.
@@ -195,7 +224,10 @@ def fit(
                 x, y = train.images[index].to(device), train.labels[index].to(device)
                 if config.augment:
                     x = augment_batch(x, config.augment, generator)
-                loss = F.cross_entropy(model(to_channels_last(x)), y)
+                if objective is None:
+                    loss = F.cross_entropy(model(to_channels_last(x)), y)
+                else:
+                    loss = objective(model, to_channels_last(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -203,15 +235,20 @@ def fit(
                 total_loss += loss.item() * len(index)
                 bar.update(1)
             speed = len(train) / (time.perf_counter() - epoch_start)
-            val_accuracy = val_nll = None
+            val_accuracy = val_nll = val_loss = None
             if val is not None and len(val) > 0:
                 model.eval()
-                val_accuracy, val_nll = evaluate_logits(forward_in_batches(model, val.images),
-                                                        val.labels)
+                if objective is None:
+                    val_accuracy, val_nll = evaluate_logits(
+                        forward_in_batches(model, val.images), val.labels)
+                else:
+                    val_loss = evaluate_objective(model, objective, val)
             result.history.append(EpochRecord(epoch, total_loss / len(train), val_accuracy,
-                                              val_nll, speed))
-            bar.set_postfix(loss=f"{total_loss / len(train):.4f}",
-                            val_acc="-" if val_accuracy is None else f"{val_accuracy:.4f}")
+                                              val_nll, speed, val_loss))
+            shown = ({"val_acc": "-" if val_accuracy is None else f"{val_accuracy:.4f}"}
+                     if objective is None else
+                     {"val_loss": "-" if val_loss is None else f"{val_loss:.4f}"})
+            bar.set_postfix(loss=f"{total_loss / len(train):.4f}", **shown)
     bar.close()
     model.eval()
     result.seconds = time.perf_counter() - started
@@ -279,14 +316,19 @@ def save_member(directory: Path, index: int, model: nn.Module, result: FitResult
     })
 
 
-def load_member(directory: Path, index: int) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild member ``index`` from its JSON and load its weights strictly."""
+def load_member(directory: Path, index: int, builder: Callable[..., nn.Module] = build
+                ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild member ``index`` from its JSON and load its weights strictly.
+
+    ``builder(**build_args)`` rebuilds the architecture: the zoo's ``build`` for classifiers,
+    ``trustmap.models.vae.build`` for a VAE.
+    """
     meta = _read_json(directory / f"member-{index}.json")
     weights = directory / f"member-{index}.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing although {weights.with_suffix('.json')} "
                               "exists; delete that JSON so the member is trained again")
-    model = build(**meta["model"])
+    model = builder(**meta["model"])
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except (RuntimeError, OSError, SafetensorError) as error:
@@ -332,6 +374,28 @@ class EnsembleRun:
         return tuple(self.data["classes"])
 
 
+def _open_run(directory: Path, spec: RunSpec, train: Dataset) -> tuple[Dataset, Dataset | None]:
+    """Split off validation and claim ``directory`` for ``spec``: write its run.json, or check
+    that the one there records the same spec and data (a resumed run)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    train_part, val = split_validation(train, spec.val_fraction, spec.seed)
+    data_record = {"name": train.name, "split": train.split, "classes": list(train.classes),
+                   "in_channels": train.in_channels, "provenance": train.provenance,
+                   "train_size": len(train_part), "val_size": 0 if val is None else len(val)}
+    run_file = directory / RUN_FILE
+    if run_file.exists():
+        existing = _read_json(run_file)
+        if existing.get("spec") != spec.to_json() or existing["data"]["name"] != train.name:
+            raise CheckpointError(
+                f"{directory} already holds a run with other settings (model "
+                f"{existing['spec']['model']!r} on {existing['data']['name']!r}, "
+                f"{existing['spec']}); choose another --out directory or delete it")
+    else:
+        write_json(run_file, {"spec": spec.to_json(), "data": data_record,
+                              "trustmap_version": trustmap.__version__})
+    return train_part, val
+
+
 def fit_ensemble(
     spec: RunSpec,
     train: Dataset,
@@ -349,22 +413,7 @@ def fit_ensemble(
     if spec.members < 1:
         raise ConfigError(f"members must be >= 1, got {spec.members}")
     directory = Path(out)
-    directory.mkdir(parents=True, exist_ok=True)
-    train_part, val = split_validation(train, spec.val_fraction, spec.seed)
-    data_record = {"name": train.name, "split": train.split, "classes": list(train.classes),
-                   "in_channels": train.in_channels, "provenance": train.provenance,
-                   "train_size": len(train_part), "val_size": 0 if val is None else len(val)}
-    run_file = directory / RUN_FILE
-    if run_file.exists():
-        existing = _read_json(run_file)
-        if existing.get("spec") != spec.to_json() or existing["data"]["name"] != train.name:
-            raise CheckpointError(
-                f"{directory} already holds a run with other settings (model "
-                f"{existing['spec']['model']!r} on {existing['data']['name']!r}, "
-                f"{existing['spec']}); choose another --out directory or delete it")
-    else:
-        write_json(run_file, {"spec": spec.to_json(), "data": data_record,
-                              "trustmap_version": trustmap.__version__})
+    train_part, val = _open_run(directory, spec, train)
     seeds = member_seeds(spec.seed, spec.members)
     for index, seed in enumerate(seeds):
         if (directory / f"member-{index}.json").exists():
@@ -398,3 +447,39 @@ def load_ensemble(path: Path | str, device: str | torch.device = "cpu") -> Ensem
     return EnsembleRun(directory=directory, spec=spec,
                        members=[model.to(device) for model, _ in loaded],
                        member_meta=[meta for _, meta in loaded], data=record["data"])
+
+
+VAE_TRAINING = TrainConfig(epochs=20, batch_size=128, lr=1e-3)
+"""Default training of ``fit_vae``: Adam with cosine decay; about a minute on MNIST on CPU."""
+
+
+def fit_vae(
+    train: Dataset,
+    out: Path | str,
+    config: TrainConfig = VAE_TRAINING,
+    latent: int = 2,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+) -> tuple[VAE, dict[str, Any]]:
+    """Train one VAE on ``train``'s images into ``out``, or reload the one finished there.
+
+    The directory is laid out like a one-member ensemble (run.json with model "vae", then
+    member-0), so it resumes and refuses other settings the same way; labels only stratify
+    the validation hold-out. Returns the VAE in eval mode and its member JSON.
+    """
+    directory = Path(out)
+    spec = RunSpec(model=VAE_NAME, members=1, seed=seed, train=config, val_fraction=val_fraction,
+                   model_kwargs={"latent": latent})
+    member_seed = member_seeds(seed, 1)[0]
+    torch.manual_seed(member_seed)
+    # Built first, so bad arguments raise before the directory is claimed for them.
+    model = build_vae(latent=latent, in_channels=train.in_channels)
+    train_part, val = _open_run(directory, spec, train)
+    if not (directory / "member-0.json").exists():
+        result = fit(model.to(device), train_part, val, config, seed=member_seed,
+                     progress=progress, description="vae", objective=vae_loss)
+        save_member(directory, 0, model.cpu(), result)
+    loaded, meta = load_member(directory, 0, builder=build_vae)
+    return loaded.to(device), meta
