@@ -131,3 +131,55 @@ class RecurrentResults:
     speed: pd.DataFrame = field(default_factory=pd.DataFrame)
     """Maps per second of each architecture and method (columns architecture, method,
     maps_per_second)."""
+
+
+LATENT_SHARE_COLUMNS = ("architecture", "predictive", "measure", "threshold", "share",
+                        "share_near", "share_far", "points_near", "points_far")
+"""Share of the latent grid scoring below ``threshold`` (the ID test set's median of the
+measure under that predictive): everywhere, inside the encoded data's convex hull (near) and
+outside it (far). Seed 003's finding is a large ``share_far``: confident far from the data."""
+MIDPOINT_COLUMNS = ("architecture", "predictive", "measure", "path", "pairs", "mean", "median")
+"""Scores at the midpoints of interpolations between pairs of different classes, along the
+straight line in pixel space (``path`` "pixel") or the line between latent codes ("latent")."""
+
+
+@dataclass
+class LatentResults:
+    """Seed 003's latent-space maps: where in a VAE's 2-D latent space a classifier is unsure."""
+
+    header: dict[str, Any]
+    dataset: str
+    classes: list[str]
+    architectures: list[str]
+    predictives: list[str]
+    """Every predictive scored; an architecture without dropout has no MC-dropout entries."""
+    measures: list[str]
+    resolution: int
+    bound: float
+    """The grid spans z in [-bound, bound]^2, row-major: z0 along columns, z1 along rows
+    (``trustmap.evaluate.latent.LatentGrid``)."""
+    codes: torch.Tensor
+    """[M, 2] the encoded test set drawn on every map."""
+    code_labels: torch.Tensor
+    """[M] their labels (the colours)."""
+    grid_images: torch.Tensor
+    """[R*R, C, 28, 28] the decoded grid, the same under every architecture (the mosaic)."""
+    near: torch.Tensor
+    """[R*R] bool: grid points inside the encoded data's convex hull."""
+    maps: dict[tuple[str, str, str], torch.Tensor]
+    """(architecture, predictive, measure) -> [R*R] scores of the decoded grid."""
+    predicted: dict[tuple[str, str], torch.Tensor]
+    """(architecture, predictive) -> [R*R] the class each decoded grid image is given."""
+    confident: dict[tuple[str, str], torch.Tensor]
+    """(architecture, predictive) -> indices of the lowest-entropy grid points far from the
+    data, most confident first (what the model is sure about where there is no data)."""
+    shares: pd.DataFrame
+    midpoints: pd.DataFrame
+    midpoint_scores: dict[tuple[str, str, str, str], torch.Tensor]
+    """(architecture, predictive, measure, path) -> [pairs] midpoint scores (histograms)."""
+    path_images: dict[str, torch.Tensor]
+    """path ("pixel" or "latent") -> [P, steps, C, 28, 28] a few example interpolations."""
+    path_scores: dict[tuple[str, str, str, str], torch.Tensor]
+    """(architecture, predictive, measure, path) -> [P, steps] their scores along the path."""
+    path_labels: list[tuple[str, str]]
+    """The class names of each example pair's two ends."""
