@@ -140,6 +140,41 @@ def study_recurrent(
     console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
 
 
+@study_app.command("latent")
+@friendly_errors
+def study_latent(
+    data: Annotated[str, typer.Option(help="In-distribution dataset the VAE and models learn.")]
+    = "mnist-embedded",
+    out: Annotated[Path | None, typer.Option(
+        help="Output directory (default runs/latent-DATA); trained models there are reused.")]
+    = None,
+    architectures: Annotated[str | None, typer.Option(
+        help="Comma-separated zoo models (default: lenet5,alexnet,resnet34).")] = None,
+    members: Annotated[int, typer.Option(help="Ensemble members per architecture.")] = 5,
+    epochs: Annotated[int, typer.Option(help="Training epochs per member.")] = 5,
+    vae_epochs: Annotated[int, typer.Option(help="Training epochs of the VAE.")] = 20,
+    resolution: Annotated[int, typer.Option(help="Grid points per latent axis.")] = 40,
+    pairs: Annotated[int, typer.Option(help="Interpolation pairs for the midpoints.")] = 1000,
+    mc_samples: Annotated[int, typer.Option(help="Dropout passes per MC-dropout model.")] = 10,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Seed 003: train a 2-D VAE and ensembles, map each model's uncertainty over the decoded
+    latent grid, and compare interpolations in pixel and latent space."""
+    from trustmap.studies.latent_maps import LatentConfig, run
+
+    config = LatentConfig(
+        data=data, members=members, epochs=epochs, vae_epochs=vae_epochs,
+        resolution=resolution, pairs=pairs, mc_samples=mc_samples, device=str(_device(device)),
+        architectures=_names(architectures) or LatentConfig().architectures)
+    log = (lambda message: None) if quiet else (lambda message: console.print(message))
+    target = out if out is not None else Path("runs") / f"latent-{data}"
+    started = time.perf_counter()
+    report = run(config, target, progress=not quiet, log=log,
+                 command=f"trustmap study latent --data {data} --out {target}")
+    console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
+
+
 def _names(option: str | None) -> tuple[str, ...]:
     return tuple(name.strip() for name in option.split(",") if name.strip()) if option else ()
 
