@@ -68,6 +68,27 @@ class ExplanationResults:
 
 
 @dataclass
+class LatentMap:
+    """The default run's small latent map: its ensemble's uncertainty over a VAE's plane."""
+
+    architecture: str
+    classes: list[str]
+    predictives: list[str]
+    measures: list[str]
+    resolution: int
+    bound: float
+    codes: torch.Tensor
+    """[M, 2] the encoded ID test set."""
+    code_labels: torch.Tensor
+    maps: dict[tuple[str, str], torch.Tensor]
+    """(predictive, measure) -> [R*R] scores of the decoded grid (row-major, z1 along rows)."""
+    confident: dict[str, torch.Tensor]
+    """predictive -> the lowest-entropy grid points far from the data."""
+    shares: pd.DataFrame
+    """LATENT_SHARE_COLUMNS (defined below) for the run's architecture."""
+
+
+@dataclass
 class RunResults:
     """Everything one ``trustmap run`` measured, ready to render."""
 
@@ -87,6 +108,7 @@ class RunResults:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Dataset name -> float32 [N, C, H, W] images in ``per_sample`` row order (by ``index``)."""
     explanations: ExplanationResults | None = None
+    latent: LatentMap | None = None
 
 
 ACCURACY_COLUMNS = ("architecture", "dataset", "parameters", "epochs", "val_accuracy",

@@ -88,6 +88,14 @@ class ExplanationConfig:
 
 
 @dataclass(frozen=True)
+class LatentMapConfig:
+    resolution: int = 20
+    """Grid points per axis of the VAE's latent plane (seed 003's map, small); 0 turns it off."""
+    bound: float = 10.0
+    vae_epochs: int = 10
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -98,6 +106,7 @@ class RunConfig:
     measures: MeasureConfig = field(default_factory=MeasureConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     explanations: ExplanationConfig = field(default_factory=ExplanationConfig)
+    latent: LatentMapConfig = field(default_factory=LatentMapConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -223,6 +232,10 @@ def validate(config: RunConfig) -> RunConfig:
         ("explanations.patch", 1 <= explanations.patch <= 28 and 28 % explanations.patch == 0,
          "a divisor of 28 (1, 2, 4, 7, 14 or 28)"),
         ("explanations.sanity_n", explanations.sanity_n >= 2, ">= 2"),
+        ("latent.resolution", config.latent.resolution == 0 or config.latent.resolution >= 2,
+         "0 (no latent map) or >= 2"),
+        ("latent.bound", config.latent.bound > 0, "> 0"),
+        ("latent.vae_epochs", config.latent.vae_epochs >= 1, ">= 1"),
     ]
     for where, ok, rule in checks:
         if not ok:

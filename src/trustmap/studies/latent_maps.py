@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import trustmap
-from trustmap.data import load
+from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError, did_you_mean
 from trustmap.evaluate import latent
 from trustmap.models import names as model_names
@@ -117,6 +117,68 @@ def _train(config: LatentConfig, out: Path, progress: bool, log: Log
     return ensembles
 
 
+@dataclass
+class GridScores:
+    """One architecture's scores of the decoded grid under each of its predictives."""
+
+    maps: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    predicted: dict[str, torch.Tensor] = field(default_factory=dict)
+    confident: dict[str, torch.Tensor] = field(default_factory=dict)
+    shares: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class LatentPlane:
+    """A trained VAE's encoder and decoder, the encoded test set and the decoded grid."""
+
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    codes: torch.Tensor
+    grid: latent.LatentGrid
+    near: torch.Tensor
+    distance: torch.Tensor
+
+
+def latent_plane(train: Dataset, test: Dataset, out: Path, resolution: int, bound: float,
+                 vae_epochs: int, seed: int, progress: bool, device: str) -> LatentPlane:
+    """Train (or reuse, from ``out``) the VAE, encode ``test`` and decode the grid."""
+    vae, _ = fit_vae(train, out, TrainConfig(epochs=vae_epochs, batch_size=128), seed=seed,
+                     progress=progress, device=device)
+    vae.eval()
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return vae.encode(x.to(device))[0]
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return vae.decode(z.to(device).float())
+
+    codes = latent.encode_images(encode, test.images)
+    grid = latent.latent_grid(decode, resolution, bound)
+    return LatentPlane(encode, decode, codes, grid, latent.inside_hull(codes, grid.z),
+                       latent.distance_to_data(codes, grid.z))
+
+
+def score_grid(architecture: str, plane: LatentPlane, predictives: Mapping[str, Predictive],
+               measures: list[str], thresholds: Mapping[str, float]) -> GridScores:
+    """Every measure of the decoded grid under every predictive, and per predictive the share
+    below ``thresholds[kind]`` (the ID test set's median entropy) and the confident far points."""
+    scored = latent.score_images(plane.grid.images, predictives, measures)
+    result = GridScores()
+    for kind in predictives:
+        result.predicted[kind] = scored.predicted[kind].cpu()
+        for measure in measures:
+            result.maps[kind, measure] = scored.scores[kind][measure].cpu()
+        entropy = result.maps[kind, THRESHOLD_MEASURE]
+        share = latent.low_uncertainty_share(entropy, plane.near, thresholds[kind])
+        result.shares.append({"architecture": architecture, "predictive": kind,
+                              "measure": THRESHOLD_MEASURE, "threshold": thresholds[kind],
+                              **{key: share[key] for key in ("share", "share_near", "share_far",
+                                                             "points_near", "points_far")}})
+        result.confident[kind] = latent.confident_far_points(plane.grid, entropy,
+                                                             plane.distance)
+    return result
+
+
 def run(config: LatentConfig, out: Path | str, progress: bool = True, log: Log = print,
         command: str = "trustmap study latent") -> Path:
     """The whole study; returns the path of ``latent.html``."""
@@ -125,54 +187,36 @@ def run(config: LatentConfig, out: Path | str, progress: bool = True, log: Log =
     out = Path(out)
     train, test = load(config.data, "train"), load(config.data, "test")
     log(f"VAE (2-D latent) on {config.data} -> {out / 'vae'}")
-    vae, _ = fit_vae(train, out / "vae", TrainConfig(epochs=config.vae_epochs, batch_size=128),
-                     seed=config.seed, progress=progress, device=config.device)
-    vae.eval()
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return vae.encode(x.to(config.device))[0]
-
-    def decode(z: torch.Tensor) -> torch.Tensor:
-        return vae.decode(z.to(config.device).float())
-
+    plane = latent_plane(train, test, out / "vae", config.resolution, config.bound,
+                         config.vae_epochs, config.seed, progress, config.device)
     ensembles = _train(config, out, progress, log)
     trained = time.perf_counter() - started
 
-    codes = latent.encode_images(encode, test.images)
-    grid = latent.latent_grid(decode, config.resolution, config.bound)
-    near = latent.inside_hull(codes, grid.z)
-    distance = latent.distance_to_data(codes, grid.z)
     idx_a, idx_b = latent.pairs_of_different_classes(test.labels, config.pairs, config.seed)
     a, b = test.images[idx_a], test.images[idx_b]
     midpoint_images = {"pixel": latent.pixel_path(a, b, 3)[:, 1],
-                       "latent": latent.latent_path(encode, decode, a, b, 3)[:, 1].cpu()}
+                       "latent": latent.latent_path(plane.encode, plane.decode, a, b,
+                                                    3)[:, 1].cpu()}
     e = min(config.path_examples, config.pairs)
     path_images = {"pixel": latent.pixel_path(a[:e], b[:e], config.steps),
-                   "latent": latent.latent_path(encode, decode, a[:e], b[:e],
+                   "latent": latent.latent_path(plane.encode, plane.decode, a[:e], b[:e],
                                                 config.steps).cpu()}
 
     maps, predicted, confident, shares, mids, mid_scores, path_scores = {}, {}, {}, [], [], {}, {}
     kinds_seen: list[str] = []
+    measures = list(config.measures)
     for architecture, models in ensembles.items():
         log(f"scoring the {config.resolution}x{config.resolution} grid under {architecture}")
         predictives = predictives_of(models, config)
         kinds_seen += [k for k in predictives if k not in kinds_seen]
-        measures = list(config.measures)
-        on_grid = latent.score_images(grid.images, predictives, measures)
         on_test = latent.score_images(test.images, predictives, [THRESHOLD_MEASURE])
-        for kind in predictives:
-            predicted[architecture, kind] = on_grid.predicted[kind].cpu()
-            for measure in measures:
-                maps[architecture, kind, measure] = on_grid.scores[kind][measure].cpu()
-            entropy = on_grid.scores[kind][THRESHOLD_MEASURE].cpu()
-            threshold = float(on_test.scores[kind][THRESHOLD_MEASURE].median())
-            share = latent.low_uncertainty_share(entropy, near, threshold)
-            shares.append({"architecture": architecture, "predictive": kind,
-                           "measure": THRESHOLD_MEASURE, "threshold": threshold,
-                           "share": share["share"], "share_near": share["share_near"],
-                           "share_far": share["share_far"], "points_near": share["points_near"],
-                           "points_far": share["points_far"]})
-            confident[architecture, kind] = latent.confident_far_points(grid, entropy, distance)
+        thresholds = {kind: float(on_test.scores[kind][THRESHOLD_MEASURE].median())
+                      for kind in predictives}
+        grid_scores = score_grid(architecture, plane, predictives, measures, thresholds)
+        maps.update({(architecture, *key): value for key, value in grid_scores.maps.items()})
+        predicted.update({(architecture, k): v for k, v in grid_scores.predicted.items()})
+        confident.update({(architecture, k): v for k, v in grid_scores.confident.items()})
+        shares += grid_scores.shares
         for path in ("pixel", "latent"):
             at_mid = latent.score_images(midpoint_images[path], predictives, measures)
             along = latent.path_scores(path_images[path], predictives, measures)
@@ -186,17 +230,16 @@ def run(config: LatentConfig, out: Path | str, progress: bool = True, log: Log =
                                  "measure": measure, "path": path, "pairs": len(values),
                                  "mean": float(values.mean()),
                                  "median": float(values.median())})
-        row = next(r for r in shares if r["architecture"] == architecture
-                   and r["predictive"] == "ensemble")
+        row = next(r for r in grid_scores.shares if r["predictive"] == "ensemble")
         log(f"  ensemble: {row['share_far']:.3f} of the far grid below the test median entropy")
 
     results = LatentResults(
         header=_header(config, command, test.provenance, trained,
                        time.perf_counter() - started),
         dataset=config.data, classes=list(test.classes),
-        architectures=list(config.architectures), predictives=kinds_seen,
-        measures=list(config.measures), resolution=config.resolution, bound=config.bound,
-        codes=codes, code_labels=test.labels, grid_images=grid.images.cpu(), near=near,
+        architectures=list(config.architectures), predictives=kinds_seen, measures=measures,
+        resolution=config.resolution, bound=config.bound, codes=plane.codes,
+        code_labels=test.labels, grid_images=plane.grid.images.cpu(), near=plane.near,
         maps=maps, predicted=predicted, confident=confident, shares=pd.DataFrame(shares),
         midpoints=pd.DataFrame(mids), midpoint_scores=mid_scores, path_images=path_images,
         path_scores=path_scores,
