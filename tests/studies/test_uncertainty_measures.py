@@ -34,6 +34,9 @@ steps = 2
 predictives = ["ensemble", "mc-dropout"]
 faithfulness_n = 40
 sanity_n = 8
+[latent]
+resolution = 4
+vae_epochs = 1
 """
 
 
@@ -89,6 +92,17 @@ def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:
     assert set(adversarial.negatives) == {"clean", "noise"}
     assert adversarial.success_rate.between(0, 1).all()
     assert metrics["header"]["seed"] == 0 and metrics["header"]["seconds_total"] > 0
+
+
+def test_the_latent_map_splits_its_grid_under_every_predictive(small_run) -> None:
+    out, _ = small_run
+    shares = pd.DataFrame(json.loads((out / "metrics.json").read_text())["latent"])
+    assert list(shares.predictive) == ["single", "ensemble", "mc-dropout", "ensemble-mc"]
+    assert ((shares.points_near + shares.points_far) == 16).all()  # the 4x4 grid
+    assert shares.share.between(0, 1).all() and (shares.threshold > 0).all()
+    assert (out / "vae" / "member-0.safetensors").is_file()
+    text = (out / "report.html").read_text()
+    assert 'id="latent"' in text and "latent-map.png" in text
 
 
 def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from trustmap.atomic import write_atomic
 from trustmap.errors import TrustmapError
-from trustmap.report import explain_figures, figures
+from trustmap.report import explain_figures, figures, latent_figures
 from trustmap.report.results import (
     ADVERSARIAL_COLUMNS,
     AOPC_COLUMNS,
@@ -240,7 +240,25 @@ def _plan_figures(results: RunResults, predictive: str) -> list[Section]:
                                 f"{dataset}: the 16 most and 16 least uncertain by {ranking}",
                                 lambda d=dataset: figures.extreme_inputs(results, d, predictive,
                                                                          ranking)))
-    return [distributions, roc, reliability, agreement, inputs, *_explanation_figures(results)]
+    return [distributions, roc, reliability, agreement, inputs, *_explanation_figures(results),
+            _latent_figures(results)]
+
+
+def _latent_figures(results: RunResults) -> Section:
+    """Seed 003's map: the uncertainty over a VAE's decoded latent plane, the data on top."""
+    section = Section("latent")
+    found = results.latent
+    if found is not None:
+        section.jobs.append((
+            "latent-map", f"{found.architecture}: each measure over the decoded "
+            f"{found.resolution}x{found.resolution} latent grid (dark = certain), the encoded "
+            f"{results.in_distribution} test set on top, its convex hull dashed, the most "
+            "confident grid points far from the data as red crosses",
+            lambda: latent_figures.uncertainty_maps(
+                found.maps, found.predictives, found.measures, found.resolution, found.bound,
+                found.codes, found.code_labels, found.classes, found.confident,
+                title=f"{found.architecture} on {results.in_distribution}")))
+    return section
 
 
 def _explanation_figures(results: RunResults) -> tuple[Section, Section]:
@@ -360,6 +378,10 @@ def _render(results: RunResults, predictive: str, sections: list[Section]) -> st
         explanation_vs_probability=build_table(
             "explanation-vs-probability", _explanation_vs_probability(results), set(),
             directions={}),
+        latent=results.latent,
+        latent_shares=build_table(
+            "latent-shares", results.latent.shares.drop(columns=["architecture"]),
+            directions={"share_far": 1}) if results.latent is not None else None,
         aopc=build_table("aopc", results.explanations.aopc, set(),
                          directions={"aopc": 1}, group_by=["order"])
         if results.explanations is not None else None,

@@ -43,11 +43,12 @@ from trustmap.evaluate.calibration import (
     reliability_bins,
 )
 from trustmap.evaluate.ood import detection_metrics, misclassification_metrics
-from trustmap.predictive import Prediction, predict_kinds
+from trustmap.predictive import Prediction, make_predictive, predict_kinds
 from trustmap.report.html import write_report
-from trustmap.report.results import RunResults
+from trustmap.report.results import LatentMap, RunResults
 from trustmap.studies.config import RunConfig, validate
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
+from trustmap.studies.latent_maps import THRESHOLD_MEASURE, latent_plane, score_grid
 from trustmap.training import RunSpec, TrainConfig, fit_ensemble, split_validation, write_json
 from trustmap.uncertainty import MEASURES, compute
 
@@ -317,6 +318,8 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
             for kind, values in made.items():
                 scores[name][kind].update(values)
     explanations = explanation_results(members, sets, config, measures, log)
+    latent = _latent_map(config, train, sets[id_name], members, kinds, predictions[id_name],
+                         out, progress, log) if config.latent.resolution else None
 
     ood_names = [n for n in sets if n != id_name and not n.startswith("noise:")]
     _, val = split_validation(train, config.model.val_fraction, config.seed)
@@ -339,6 +342,7 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
                                        measures, sets[id_name], predictions, scores),
         images={name: d.images for name, d in sets.items()},
         explanations=explanations,
+        latent=latent,
     )
     results.header = _header(config, command, ensemble, sets, skipped, resumed,
                              trained_seconds, time.perf_counter() - started)
@@ -352,6 +356,27 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
     results.header["seconds_total"] = round(time.perf_counter() - started, 1)  # with drawing
     write_json(out / "metrics.json", _metrics(results))
     return report
+
+
+def _latent_map(config: RunConfig, train: Dataset, test: Dataset, members: list[nn.Module],
+                kinds: list[str], on_test: dict[str, Prediction], out: Path, progress: bool,
+                log: Log) -> LatentMap:
+    """Seed 003's map, small: the ensemble's uncertainty over a 2-D VAE's decoded plane."""
+    settings = config.latent
+    log(f"latent map: VAE on {train.name}, {settings.resolution}x{settings.resolution} grid")
+    plane = latent_plane(train, test, out / "vae", settings.resolution, settings.bound,
+                         settings.vae_epochs, config.seed, progress, config.device)
+    predictives = {kind: make_predictive(kind, members, config.predictives.mc_samples,
+                                         config.seed) for kind in kinds}
+    thresholds = {kind: float(compute(on_test[kind], [THRESHOLD_MEASURE])[THRESHOLD_MEASURE]
+                              .median()) for kind in kinds}
+    measures = [THRESHOLD_MEASURE, "mutual_information"]
+    scored = score_grid(config.model.name, plane, predictives, measures, thresholds)
+    return LatentMap(architecture=config.model.name, classes=list(test.classes),
+                     predictives=kinds, measures=measures, resolution=settings.resolution,
+                     bound=settings.bound, codes=plane.codes, code_labels=test.labels,
+                     maps=scored.maps, confident=scored.confident,
+                     shares=pd.DataFrame(scored.shares))
 
 
 def _header(config: RunConfig, command: str, ensemble: Any, sets: dict[str, Dataset],
@@ -384,6 +409,7 @@ def _metrics(results: RunResults) -> dict[str, Any]:
             "misclassification": records(results.misclassification),
             "calibration": records(results.calibration),
             "adversarial": records(results.adversarial),
+            "latent": None if results.latent is None else records(results.latent.shares),
             "explanations": None if results.explanations is None else {
                 "predictive": results.explanations.predictive,
                 "measures": results.explanations.measures,
