@@ -61,7 +61,7 @@ def _same_shape(array: np.ndarray, shape: tuple[int, ...], what: str, reference:
                         "they must describe the same pixels")
 
 
-def _frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
+def checked_frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
     """Refuse a frame that lacks columns or rows before anything is drawn."""
     missing = [column for column in columns if column not in frame.columns]
     if missing:
@@ -352,7 +352,7 @@ def perturbation_curves(curves: pd.DataFrame) -> Figure:
     Removing the most relevant patches first (MoRF) should make the probability fall fast,
     the least relevant first (LeRF) slowly; random order is the reference between them.
     """
-    _frame(curves, ["method", "order", "step", "mean", "sem"], "perturbation curves")
+    checked_frame(curves, ["method", "order", "step", "mean", "sem"], "perturbation curves")
     unknown = sorted(set(curves["order"]) - set(ORDER_STYLES))
     if unknown:
         raise DataError(f"perturbation curves have unknown orders {unknown}; use "
@@ -390,7 +390,7 @@ def sanity_curves(frame: pd.DataFrame) -> Figure:
     A map that stays similar to the original after the weights are destroyed does not explain
     the model (Adebayo et al.'s parameter randomisation test); a good method falls to ~0.
     """
-    _frame(frame, ["method", "step", "layer", "similarity", "sem"], "sanity curves")
+    checked_frame(frame, ["method", "step", "layer", "similarity", "sem"], "sanity curves")
     _unique_rows(frame, ["method", "step"], "sanity curves")
     layers = frame.drop_duplicates(["step", "layer"])
     clashing = layers["step"][layers["step"].duplicated()]

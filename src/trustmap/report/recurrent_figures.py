@@ -23,7 +23,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from trustmap.errors import DataError  # noqa: E402
-from trustmap.report.explain_figures import SIGNED_CMAP  # noqa: E402
+from trustmap.report.explain_figures import SIGNED_CMAP, checked_frame  # noqa: E402
 
 CELL_WIDTH = 2.3
 """Inches of one map of the heatmap grid: a 28x84 input is three times wider than high."""
@@ -39,15 +39,6 @@ def method_colours(methods: Sequence[str]) -> dict[str, Any]:
     """One colour per method, by position, so every figure of a page agrees."""
     palette = plt.get_cmap("tab10").colors
     return {method: palette[i % len(palette)] for i, method in enumerate(methods)}
-
-
-def _frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise DataError(f"{what} lacks the columns {missing}; it needs {list(columns)}")
-    if frame.empty:
-        raise DataError(f"{what} has no rows; there is nothing to draw")
-    return frame
 
 
 def _plane(value: torch.Tensor, what: str) -> np.ndarray:
@@ -165,7 +156,7 @@ def region_shares(region: pd.DataFrame, architectures: Sequence[str], methods: S
     Error bars are ± the standard error over inputs; the dashed line is what a map without
     information about the input's content scores.
     """
-    _frame(region, ["architecture", "method", "share", "sem"], "region shares")
+    checked_frame(region, ["architecture", "method", "share", "sem"], "region shares")
     colours = method_colours(methods)
     positions = {architecture: i for i, architecture in enumerate(architectures)}
     figure, axis = plt.subplots(figsize=(max(5.0, 0.9 * len(architectures) + 2.6), 3.8),
@@ -206,7 +197,7 @@ def step_profiles(steps: pd.DataFrame, architectures: Sequence[str], methods: Se
     The first ``ideal_steps`` steps (shaded) are where a perfect map puts all of it; the dotted
     line is a map spread evenly over the steps.
     """
-    _frame(steps, ["architecture", "method", "step", "share"], "step profiles")
+    checked_frame(steps, ["architecture", "method", "step", "share"], "step profiles")
     last = int(steps["step"].max())
     if not 0 <= ideal_steps <= last:
         raise DataError(f"ideal_steps={ideal_steps} lies outside the profile's steps 1..{last}")
@@ -241,7 +232,8 @@ def aopc_curves(curves: pd.DataFrame, architectures: Sequence[str],
     Each method's most-relevant-first (MoRF) curve is solid in its colour; a random order is
     the dashed grey reference: a faithful map falls below it, and fast.
     """
-    _frame(curves, ["architecture", "method", "order", "step", "mean"], "perturbation curves")
+    checked_frame(curves, ["architecture", "method", "order", "step", "mean"],
+                  "perturbation curves")
     unknown = sorted(set(curves["order"]) - set(ORDER_STYLES) - {RANDOM_ORDER})
     if unknown:
         raise DataError(f"perturbation curves have unknown orders {unknown}; use "

@@ -1,0 +1,61 @@
+"""A parser of the study pages (recurrent.html, latent.html) shared by their report tests."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+
+class Page(HTMLParser):
+    """Images, section ids, nav links, and every table with an id as rows of cell texts, which
+    cells are marked best, and whether the row is greyed."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.sections: list[str] = []
+        self.links: list[str] = []
+        self.tables: dict[str, list[tuple[list[str], list[bool]]]] = {}
+        self.greyed: dict[str, list[bool]] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "img":
+            self.images.append(str(found["src"]))
+        elif tag == "section":
+            self.sections.append(str(found["id"]))
+        elif tag == "a":
+            self.links.append(str(found["href"]))
+        elif tag == "table" and found.get("id"):
+            self._table = str(found["id"])
+            self.tables[self._table], self.greyed[self._table] = [], []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append(([], []))
+            self.greyed[self._table].append(found.get("class") == "degenerate")
+        elif tag in ("td", "th") and self._table:
+            self._cell = []
+            self.tables[self._table][-1][1].append("best" in (found.get("class") or ""))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[self._table][-1][0].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def header(self, table: str) -> list[str]:
+        return self.tables[table][0][0]
+
+    def rows(self, table: str) -> list[list[str]]:
+        return [cells for cells, _ in self.tables[table][1:]]
+
+    def row(self, table: str, *keys: str) -> tuple[list[str], list[bool]]:
+        matches = [r for r in self.tables[table][1:] if r[0][:len(keys)] == list(keys)]
+        assert len(matches) == 1, f"{keys} in {table}: {len(matches)} rows"
+        return matches[0]
