@@ -205,3 +205,50 @@ class LatentResults:
     """(architecture, predictive, measure, path) -> [P, steps] their scores along the path."""
     path_labels: list[tuple[str, str]]
     """The class names of each example pair's two ends."""
+
+
+PROJECTION_KEYS = ("pixels", "constant_pixels", "pairs", "pairs_at_bound", "pairs_not_converged",
+                   "pixels_not_converged", "max_iterations")
+"""``trustmap.explain.influence.Projection.summary()``: what the solver settled and how."""
+
+
+@dataclass
+class InfluenceResults:
+    """Seed 004's entropic-projection maps of one ensemble on one grayscale test set.
+
+    Every map is a change between the projections at tau = +1 and tau = -1: how much the
+    weighted mean moves when the test set is reweighted so that the pixel's mean goes from its
+    low side (the ``alpha`` quantile) to its high side (``1 - alpha``).
+    """
+
+    header: dict[str, Any]
+    """Shown at the top: data, architecture, members, images, alpha, taus, tolerance, ..."""
+    classes: list[str]
+    mean_image: torch.Tensor
+    """[H, W] the test set's mean image (the background of the curves' pixel markers)."""
+    influence: torch.Tensor
+    """[K, H, W] change of the ensemble's mean probability of each class (ethik's maps)."""
+    member_std: torch.Tensor
+    """[K, H, W] sample std over members of each member's influence map."""
+    performance: dict[str, torch.Tensor]
+    """metric name ("accuracy", "log-loss") -> [H, W] change of the ensemble's metric."""
+    uncertainty: dict[str, torch.Tensor]
+    """measure name ("entropy", "mutual_information") -> [H, W] change of its mean."""
+    constant: torch.Tensor
+    """[H, W] bool: pixels constant over the test set (no tilt, every map 0 there)."""
+    not_converged: torch.Tensor
+    """[H, W] bool: pixels whose tilt missed the tolerance at some tau."""
+    projection: dict[str, int]
+    """``PROJECTION_KEYS`` of the maps' projection."""
+    accuracy: pd.DataFrame
+    """Test accuracy: columns ``model`` ("member 0", ..., "ensemble") and ``accuracy``."""
+    curve_pixels: list[tuple[int, int]]
+    """(row, column) of the pixels whose curves are drawn."""
+    curve_targets: torch.Tensor
+    """[T, Q] each curve pixel's target mean at every tau."""
+    curve_values: torch.Tensor
+    """[T, Q, K] the ensemble's mean probability of each class at those targets."""
+    curve_converged: torch.Tensor
+    """[T, Q] bool: whether each point's tilt met the tolerance."""
+    timings: pd.DataFrame
+    """Columns ``step`` and ``seconds``: training, prediction, projection, each kind of map."""
