@@ -127,3 +127,15 @@ def test_data_show_writes_a_png(tmp_path: Path) -> None:
     result = invoke("data", "show", "mnist-embedded", "--out", str(out), "--per-class", "4")
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_study_influence_lists_its_options_and_rejects_a_bad_architecture() -> None:
+    helped = invoke("study", "influence", "--help")
+    assert helped.exit_code == 0
+    for option in ("--data", "--out", "--architecture", "--members", "--epochs", "--images",
+                   "--curve-pixels", "--device", "--quiet"):
+        assert option in helped.output
+    wrong = invoke("study", "influence", "--architecture", "lstm", "--quiet")
+    assert wrong.exit_code == 2
+    assert "error:" in wrong.output and "not an image classifier" in wrong.output
+    assert "Traceback" not in wrong.output

@@ -175,6 +175,41 @@ def study_latent(
     console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
 
 
+@study_app.command("influence")
+@friendly_errors
+def study_influence(
+    data: Annotated[str, typer.Option(help="Grayscale dataset: trained on its train split, "
+                                           "mapped on its test split.")] = "mnist-embedded",
+    out: Annotated[Path | None, typer.Option(
+        help="Output directory (default runs/influence-DATA); trained models there are reused.")]
+    = None,
+    architecture: Annotated[str, typer.Option(
+        help="Zoo model of the ensemble (seed 004: cnn, the Keras MNIST CNN).")] = "cnn",
+    members: Annotated[int, typer.Option(help="Ensemble members.")] = 5,
+    epochs: Annotated[int, typer.Option(help="Training epochs per member.")] = 5,
+    images: Annotated[int, typer.Option(
+        help="Test images projected: 0 for the whole test split, else its first N.")] = 0,
+    curve_pixels: Annotated[int, typer.Option(
+        help="Pixels of largest influence whose curves are drawn.")] = 4,
+    device: Device = "cpu",
+    quiet: Quiet = False,
+) -> None:
+    """Seed 004: train (or reuse) an ensemble and map, by entropic projection of the test set,
+    how each pixel moves its class probabilities, accuracy, log-loss and uncertainty."""
+    from trustmap.studies.influence_maps import InfluenceConfig, run
+
+    config = InfluenceConfig(data=data, architecture=architecture, members=members,
+                             epochs=epochs, images=images, curve_pixels=curve_pixels,
+                             device=str(_device(device)))
+    log = (lambda message: None) if quiet else (lambda message: console.print(message))
+    target = out if out is not None else Path("runs") / f"influence-{data}"
+    started = time.perf_counter()
+    report = run(config, target, progress=not quiet, log=log,
+                 command=f"trustmap study influence --data {data} --architecture {architecture}"
+                         f" --out {target}")
+    console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
+
+
 def _names(option: str | None) -> tuple[str, ...]:
     return tuple(name.strip() for name in option.split(",") if name.strip()) if option else ()
 

@@ -1,0 +1,284 @@
+"""Figures of the influence study: maps of how weighted means move when a pixel goes up, their
+spread over the ensemble's members, and the curves behind them.
+
+Every function takes plain tensors (no results object), refuses with a ``DataError`` what it
+cannot draw honestly, and returns one matplotlib Figure. Signed maps are drawn diverging on a
+scale symmetric around 0, as ethik draws them; constant pixels (no tilt, every map exactly 0
+there) are greyed, and pixels whose tilt missed the tolerance are marked with a small x.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib import patheffects  # noqa: E402
+from matplotlib.colors import Colormap, Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+from trustmap.errors import DataError  # noqa: E402
+from trustmap.report.explain_figures import SIGNED_CMAP, SPREAD_CMAP  # noqa: E402
+from trustmap.report.latent_figures import class_colours  # noqa: E402
+
+CONSTANT_COLOUR = "0.72"
+"""Constant pixels: a mid grey, apart from the white centre of the diverging scale."""
+MISSED_STYLE = {"marker": "x", "s": 9, "color": "black", "linewidths": 0.6, "zorder": 3,
+                "path_effects": [patheffects.withStroke(linewidth=1.8, foreground="white")]}
+"""Pixels (and curve points) whose tilt did not converge: black with a white rim, visible on
+every colour of both scales."""
+MAP_COLUMNS = 5
+"""Panels per row of the per-class figures (10 classes: two rows)."""
+CURVE_COLUMNS = 4
+
+
+# --- checks and small helpers
+
+
+def _array(value: Any, what: str, ndim: int, layout: str) -> np.ndarray:
+    """``value`` as a finite float array of ``ndim`` dimensions, or a DataError naming it."""
+    array = torch.as_tensor(value).detach().cpu().to(torch.float64).numpy()
+    if array.ndim != ndim or array.size == 0:
+        raise DataError(f"{what} has shape {tuple(array.shape)}; expected {layout}")
+    if not np.isfinite(array).all():
+        raise DataError(f"{what} holds NaN or infinite values; fix the computation that made it "
+                        "before drawing it")
+    return array
+
+
+def _mask(value: Any, what: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A bool mask of ``shape`` (the maps' pixels)."""
+    mask = torch.as_tensor(value).detach().cpu()
+    if mask.dtype != torch.bool or tuple(mask.shape) != shape:
+        raise DataError(f"{what} is {mask.dtype} of shape {tuple(mask.shape)}; expected a bool "
+                        f"mask of the maps' shape {shape}")
+    return mask.numpy()
+
+
+def shared_limit(maps: Any) -> float:
+    """The largest |value| over all ``maps`` (a tensor, or a sequence or mapping of them).
+
+    One scale [-m, m] for every panel is what lets their colours be compared; it is 0 only
+    where every map is 0.
+    """
+    parts = list(maps.values()) if isinstance(maps, Mapping) else \
+        list(maps) if isinstance(maps, list | tuple) else [maps]
+    arrays = [torch.as_tensor(part).detach().cpu().to(torch.float64) for part in parts]
+    if not arrays or all(array.numel() == 0 for array in arrays):
+        raise DataError("no map values given; pass at least one non-empty map")
+    if not all(bool(torch.isfinite(array).all()) for array in arrays):
+        raise DataError("the maps hold NaN or infinite values; a scale would hide them")
+    return max(float(array.abs().max()) for array in arrays if array.numel())
+
+
+def _symmetric(limit: float) -> Normalize:
+    """[-limit, limit], or [-1, 1] for all-zero maps, so imshow never gets an empty range."""
+    limit = limit if limit > 0 else 1.0
+    return Normalize(-limit, limit)
+
+
+def _cmap(name: str) -> Colormap:
+    return matplotlib.colormaps[name].with_extremes(bad=CONSTANT_COLOUR)
+
+
+def _show(axis: Any, values: np.ndarray, constant: np.ndarray, cmap: Colormap,
+          norm: Normalize) -> Any:
+    """A map with its constant pixels masked (drawn grey) and no ticks."""
+    shown = axis.imshow(np.ma.masked_array(values, mask=constant), cmap=cmap, norm=norm,
+                        interpolation="nearest")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    return shown
+
+
+def _mark_missed(axis: Any, missed: np.ndarray) -> None:
+    rows, columns = np.nonzero(missed)
+    if len(rows):
+        axis.scatter(columns, rows, **MISSED_STYLE)
+
+
+def _mask_legend(figure: Figure, constant: np.ndarray, missed: np.ndarray) -> None:
+    """What the grey pixels and the x marks mean, with their counts."""
+    handles = [Patch(facecolor=CONSTANT_COLOUR, edgecolor="none",
+                     label=f"constant pixel, exactly 0 ({int(constant.sum())})")]
+    if missed.any():
+        handles.append(Line2D([], [], marker="x", linestyle="", color="black", markersize=5,
+                              label=f"tilt not converged ({int(missed.sum())})"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles),
+                  fontsize="x-small")
+
+
+def _grid(count: int, columns: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    """Panels in rows of ``columns``; the unused ones hidden."""
+    columns = min(count, columns)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",
+                                figsize=(width * columns + 1.4, height * rows + 1.0))
+    for axis in axes.flat[count:]:
+        axis.set_visible(False)
+    return figure, axes
+
+
+# --- 1. one map per class, one scale
+
+
+def _class_maps(maps: Any, classes: Sequence[str], constant: Any, not_converged: Any,
+                what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    values = _array(maps, what, 3, "[K, H, W] one map per class")
+    if len(classes) != len(values):
+        raise DataError(f"{len(classes)} class names for {len(values)} maps in {what}; give one "
+                        "name per map")
+    shape = values.shape[1:]
+    return values, _mask(constant, "constant", shape), _mask(not_converged, "not_converged",
+                                                             shape)
+
+
+def _class_panels(values: np.ndarray, classes: Sequence[str], constant: np.ndarray,
+                  missed: np.ndarray, cmap: str, norm: Normalize, label: str,
+                  title: str) -> Figure:
+    figure, axes = _grid(len(values), MAP_COLUMNS, 1.7, 1.85)
+    shown = None
+    for axis, name, plane in zip(axes.flat, classes, values, strict=False):
+        shown = _show(axis, plane, constant, _cmap(cmap), norm)
+        _mark_missed(axis, missed)
+        axis.set_title(str(name), fontsize=9)
+    bar = figure.colorbar(shown, ax=axes, shrink=0.85, aspect=30)
+    bar.set_label(label, fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    _mask_legend(figure, constant, missed)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+def influence_maps(maps: Any, classes: Sequence[str], constant: Any, not_converged: Any,
+                   title: str = "") -> Figure:
+    """Each class's influence map [K, H, W] on one shared symmetric scale, one colorbar.
+
+    Red: the class's mean probability rises when the pixel goes up; blue: it falls.
+    """
+    values, still, missed = _class_maps(maps, classes, constant, not_converged, "maps")
+    return _class_panels(values, classes, still, missed, SIGNED_CMAP,
+                         _symmetric(shared_limit(values)),
+                         "change of mean probability, τ = +1 minus τ = −1 (shared scale)", title)
+
+
+def spread_maps(std: Any, classes: Sequence[str], constant: Any, not_converged: Any,
+                title: str = "") -> Figure:
+    """Each class's std over members [K, H, W], sequential, one scale from 0 for all."""
+    values, still, missed = _class_maps(std, classes, constant, not_converged, "std")
+    if (values < 0).any():
+        raise DataError("std holds negative values; a standard deviation is never below zero")
+    largest = float(values.max())
+    return _class_panels(values, classes, still, missed, SPREAD_CMAP,
+                         Normalize(0.0, largest if largest > 0 else 1.0),
+                         "std over members of the influence (shared scale)", title)
+
+
+# --- 2. one map per metric or measure, each its own scale
+
+
+def change_maps(maps: Mapping[str, Any], labels: Mapping[str, str], constant: Any,
+                not_converged: Any, title: str = "") -> Figure:
+    """One panel per name of ``maps`` (each [H, W]), diverging on its own symmetric scale
+    with its own colorbar labelled ``labels[name]``: metrics differ in units and range."""
+    if not maps:
+        raise DataError("no maps given; pass at least one name -> [H, W] map")
+    planes = {name: _array(value, f"maps[{name!r}]", 2, "[H, W] one value per pixel")
+              for name, value in maps.items()}
+    shape = next(iter(planes.values())).shape
+    for name, plane in planes.items():
+        if plane.shape != shape:
+            raise DataError(f"maps[{name!r}] has shape {plane.shape} but the first map {shape}; "
+                            "they must describe the same pixels")
+    still = _mask(constant, "constant", shape)
+    missed = _mask(not_converged, "not_converged", shape)
+    figure, axes = _grid(len(planes), 3, 3.1, 2.9)
+    for axis, (name, plane) in zip(axes.flat, planes.items(), strict=False):
+        shown = _show(axis, plane, still, _cmap(SIGNED_CMAP), _symmetric(shared_limit(plane)))
+        _mark_missed(axis, missed)
+        axis.set_title(name, fontsize=10)
+        bar = figure.colorbar(shown, ax=axis, shrink=0.85)
+        bar.set_label(labels.get(name, f"change of {name}"), fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+    _mask_legend(figure, still, missed)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
+
+
+# --- 3. curves
+
+
+def influence_curves(targets: Any, values: Any, converged: Any,
+                     pixels: Sequence[tuple[int, int]], classes: Sequence[str], mean_image: Any,
+                     title: str = "") -> Figure:
+    """Mean probability of every class against each pixel's target mean, one panel per pixel.
+
+    ``targets`` [T, Q], ``values`` [T, Q, K], ``converged`` [T, Q] bool; ``pixels`` the Q
+    (row, column). A first, small panel shows ``mean_image`` [H, W] with the pixels numbered;
+    in each curve panel a dotted line marks the pixel's test-set mean (tau = 0) and black x
+    the points whose tilt did not converge.
+    """
+    goal = _array(targets, "targets", 2, "[T, Q] target means")
+    count = len(pixels)
+    if goal.shape[1] != count or count == 0:
+        raise DataError(f"targets has shape {goal.shape} for {count} pixels; expected [T, Q] "
+                        "with Q the number of pixels, at least one")
+    probability = _array(values, "values", 3, f"[T, Q, K] = [{goal.shape[0]}, {count}, "
+                         f"{len(classes)}]")
+    if probability.shape != (*goal.shape, len(classes)):
+        raise DataError(f"values has shape {probability.shape}; expected [T, Q, K] = "
+                        f"{(*goal.shape, len(classes))}, one probability per class")
+    done = _mask(converged, "converged", goal.shape)
+    picture = _array(mean_image, "mean_image", 2, "[H, W]")
+    height, width = picture.shape
+    for row, column in pixels:
+        if not (0 <= row < height and 0 <= column < width):
+            raise DataError(f"curve pixel ({row}, {column}) lies outside the {height}x{width} "
+                            "mean image")
+    colours = class_colours(classes)
+    figure, axes = _grid(count + 1, CURVE_COLUMNS, 3.0, 2.6)
+    axis = axes.flat[0]
+    axis.imshow(np.clip(picture, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0,
+                interpolation="nearest")
+    axis.scatter([c for _, c in pixels], [r for r, _ in pixels], s=40, facecolors="none",
+                 edgecolors="red", linewidths=1.2)
+    for number, (row, column) in enumerate(pixels, start=1):
+        axis.annotate(str(number), (column, row), xytext=(4, 4), textcoords="offset points",
+                      color="red", fontsize=9, fontweight="bold")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    axis.set_title("mean image, curve pixels", fontsize=9)
+    for number, (axis, (row, column)) in enumerate(zip(axes.flat[1:], pixels, strict=False)):
+        order = np.argsort(goal[:, number], kind="stable")
+        x = goal[order, number]
+        missed = ~done[order, number]
+        for k, colour in enumerate(colours):
+            y = probability[order, number, k]
+            axis.plot(x, y, color=colour, linewidth=1.3, marker="o", markersize=2)
+            if missed.any():
+                axis.scatter(x[missed], y[missed], **{**MISSED_STYLE, "s": 22})
+        axis.axvline(picture[row, column], color="0.45", linestyle=":", linewidth=1.0)
+        note = f"\n{int(missed.sum())} of {len(x)} points not converged" if missed.any() else ""
+        axis.set_title(f"pixel {number + 1}: ({row}, {column}){note}", fontsize=9)
+        axis.set_xlabel("pixel's target mean", fontsize=8)
+        axis.set_ylabel("mean probability", fontsize=8)
+        axis.tick_params(labelsize=7)
+    handles = [Line2D([], [], color=colour, linewidth=1.5, label=str(name))
+               for name, colour in zip(classes, colours, strict=True)]
+    handles.append(Line2D([], [], color="0.45", linestyle=":", label="test-set mean (τ = 0)"))
+    if not done.all():
+        handles.append(Line2D([], [], marker="x", linestyle="", color="black",
+                              label="tilt not converged"))
+    figure.legend(handles=handles, loc="outside right upper", fontsize="x-small")
+    if title:
+        figure.suptitle(title, fontsize=10)
+    return figure
