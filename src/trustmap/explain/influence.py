@@ -157,12 +157,23 @@ def _per_image(values: torch.Tensor, n: int, what: str) -> torch.Tensor:
     return values
 
 
-def _quantile(ordered: torch.Tensor, q: float) -> torch.Tensor:
-    """[P] linear-interpolated quantile of each sorted column, as numpy and pandas compute it."""
-    position = q * (ordered.shape[0] - 1)
+def _quantile(by_pixel: torch.Tensor, q: float) -> torch.Tensor:
+    """[P] linear-interpolated quantile of each row, as numpy and pandas compute it.
+
+    Only the two order statistics around the position are needed, so a partial sort (top-k
+    from the nearer end) replaces a full one.
+    """
+    count = by_pixel.shape[1]
+    position = q * (count - 1)
     below = int(np.floor(position))
-    above = min(below + 1, ordered.shape[0] - 1)
-    return ordered[below] + (position - below) * (ordered[above] - ordered[below])
+    above = min(below + 1, count - 1)
+    if q <= 0.5:
+        smallest = by_pixel.topk(above + 1, dim=1, largest=False).values  # ascending
+        low, high = smallest[:, below], smallest[:, above]
+    else:
+        largest = by_pixel.topk(count - below, dim=1).values  # descending
+        low, high = largest[:, count - 1 - below], largest[:, count - 1 - above]
+    return low + (position - below) * (high - low)
 
 
 def _check_taus(taus: Sequence[float], alpha: float) -> torch.Tensor:
@@ -179,60 +190,73 @@ def _check_taus(taus: Sequence[float], alpha: float) -> torch.Tensor:
 def targets(images: torch.Tensor, taus: Sequence[float] = TAUS, alpha: float = ALPHA
             ) -> torch.Tensor:
     """[T, P] ethik's target means: tau in [-1, 1] scales the way to the alpha quantiles."""
-    return _targets(_flat_images(images), _check_taus(taus, alpha), alpha)
+    by_pixel = _flat_images(images).T.contiguous()
+    return _targets(by_pixel, by_pixel.mean(1), _check_taus(taus, alpha), alpha)
 
 
-def _targets(flat: torch.Tensor, tau: torch.Tensor, alpha: float) -> torch.Tensor:
-    mean = flat.mean(0)
-    ordered = flat.sort(0).values
-    down = (mean - _quantile(ordered, alpha)).clamp_min(0)
-    up = (_quantile(ordered, 1 - alpha) - mean).clamp_min(0)
-    tau = tau.to(flat.device)[:, None]
+def _targets(by_pixel: torch.Tensor, mean: torch.Tensor, tau: torch.Tensor, alpha: float
+             ) -> torch.Tensor:
+    """[T, P] from the pixels as rows [P, N] and their means."""
+    down = (mean - _quantile(by_pixel, alpha)).clamp_min(0)
+    up = (_quantile(by_pixel, 1 - alpha) - mean).clamp_min(0)
+    tau = tau.to(by_pixel.device)[:, None]
     return mean + tau * torch.where(tau < 0, down, up)
 
 
-def _solve(z: torch.Tensor, column: torch.Tensor, goal: torch.Tensor, tol: float,
-           max_iterations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Tilts xi [J] with ``sum_i softmax(xi z[:, column])_i z[i, column] = goal``, all J at once.
+def _solve(pixels: torch.Tensor, row: torch.Tensor, goal: torch.Tensor, tol: float,
+           max_iterations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tilts xi [J] with ``sum_i softmax(xi z)_i z_i = goal`` for z = ``pixels[row]``, all J at
+    once (``pixels``: [P, N] standardised, one row per pixel; every goal strictly inside its
+    row's range).
 
     Works on d = z - goal (a softmax does not see the shift), so that the gap is ``sum w d``
-    and the variance ``sum w d^2 - gap^2`` loses no digits as the gap closes. Newton steps run
-    on the unconverged pairs only; a step that leaves the bracket [lo, hi] known to hold the
+    and the variance ``sum w d^2 - gap^2`` loses no digits as the gap closes. The step is
+    Newton's on log(room left to the bound the target lies towards): near that bound the mean
+    approaches it exponentially in xi, where plain Newton crawls and this is nearly exact. Steps
+    run on the unconverged pairs only; one that leaves the bracket [lo, hi] known to hold the
     root (or is not finite) falls back to bisection, or to doubling the distance from the one
-    finite end. Returns xi, converged and step counts.
+    finite end. Returns xi, converged, step counts and the weights [J, N] at the last xi.
     """
     pairs = goal.numel()
-    xi = torch.zeros(pairs, dtype=z.dtype, device=z.device)
+    xi = torch.zeros(pairs, dtype=pixels.dtype, device=pixels.device)
     lo = torch.full_like(xi, -torch.inf)
     hi = torch.full_like(xi, torch.inf)
-    converged = torch.zeros(pairs, dtype=torch.bool, device=z.device)
-    steps = torch.zeros(pairs, dtype=torch.long, device=z.device)
-    active = torch.arange(pairs, device=z.device)
-    shifted = z[:, column] - goal  # [N, A], the active pairs' columns
+    converged = torch.zeros(pairs, dtype=torch.bool, device=pixels.device)
+    steps = torch.zeros(pairs, dtype=torch.long, device=pixels.device)
+    found = torch.empty(pairs, pixels.shape[1], dtype=pixels.dtype, device=pixels.device)
+    active = torch.arange(pairs, device=pixels.device)
+    shifted = pixels[row] - goal[:, None]  # [A, N], the active pairs
+    toward = torch.sign(goal)
+    room = torch.where(toward > 0, shifted.amax(1), -shifted.amin(1))  # target to its bound
     for step in range(max_iterations + 1):
         here = xi[active]
-        weights = torch.softmax(here * shifted, dim=0)
+        weights = torch.softmax(here[:, None] * shifted, dim=1)
         weighted = weights * shifted
-        gap = weighted.sum(0)
-        variance = (weighted * shifted).sum(0) - gap.square()
+        gap = weighted.sum(1)
+        variance = (weighted * shifted).sum(1) - gap.square()
         done = gap.abs() <= tol * variance.clamp_min(0).sqrt()
-        converged[active[done]] = True
+        if step == max_iterations:
+            done = torch.ones_like(done)
+        converged[active] = gap.abs() <= tol * variance.clamp_min(0).sqrt()
         steps[active] = step
-        if step == max_iterations or bool(done.all()):
+        found[active[done]] = weights[done]
+        if bool(done.all()):
             break
         if bool(done.any()):
-            active, here, gap, variance = active[~done], here[~done], gap[~done], variance[~done]
-            shifted = shifted[:, ~done]
+            keep = ~done
+            active, here, gap, variance = active[keep], here[keep], gap[keep], variance[keep]
+            shifted, toward, room = shifted[keep], toward[keep], room[keep]
         low = torch.where(gap < 0, here, lo[active])
         high = torch.where(gap > 0, here, hi[active])
         lo[active], hi[active] = low, high
-        proposal = here - gap / variance
+        left = room - toward * gap  # room between the current mean and the bound
+        proposal = here + toward * left * torch.log(left / room) / variance
         inside = torch.isfinite(proposal) & (proposal > low) & (proposal < high)
         span = torch.clamp_min(here.abs(), 1.0)
         fallback = torch.where(torch.isinf(high), low + 2 * span,
                                torch.where(torch.isinf(low), high - 2 * span, (low + high) / 2))
         xi[active] = torch.where(inside, proposal, fallback)
-    return xi, converged, steps
+    return xi, converged, steps, found
 
 
 def project(images: torch.Tensor, taus: Sequence[float] = TAUS, alpha: float = ALPHA,
@@ -255,29 +279,34 @@ def project(images: torch.Tensor, taus: Sequence[float] = TAUS, alpha: float = A
 def _project(flat: torch.Tensor, tau: torch.Tensor, alpha: float, tol: float,
              max_iterations: int, image_shape: tuple[int, ...]) -> Projection:
     count, pixels = flat.shape
-    goal_pixels = _targets(flat, tau, alpha)  # [T, P]
-    mean, std = flat.mean(0), flat.std(0)
-    constant = std == 0
+    by_pixel = flat.T.contiguous()  # [P, N]: every reduction below runs along rows
+    mean = by_pixel.mean(1)
+    goal_pixels = _targets(by_pixel, mean, tau, alpha)  # [T, P]
+    centred = by_pixel - mean[:, None]
+    std = (centred.square().sum(1) / (count - 1)).sqrt()
+    constant = by_pixel.amin(1) == by_pixel.amax(1)
     scale = torch.where(constant, torch.ones_like(std), std)
-    z = (flat - mean) / scale
+    z = centred / scale[:, None]
     goal = (goal_pixels - mean) / scale  # [T, P], in standard deviations
-    low_bound = goal <= z.min(0).values + tol
-    high_bound = goal >= z.max(0).values - tol
-    at_bound = (low_bound | high_bound) & ~constant & (goal.abs() > tol)
-    free = ~at_bound & ~constant
-    column = torch.arange(pixels, device=flat.device).expand_as(goal)
+    lowest, highest = z.amin(1), z.amax(1)
+    low_bound = goal <= lowest + tol
+    high_bound = goal >= highest - tol
+    settled = constant | (goal.abs() <= tol)  # no tilt: uniform weights
+    at_bound = (low_bound | high_bound) & ~settled
+    free = ~at_bound & ~settled
+    row = torch.arange(pixels, device=flat.device).expand_as(goal)
     xi = torch.zeros_like(goal)
     converged = torch.ones_like(free)
     iterations = torch.zeros(goal.shape, dtype=torch.long, device=flat.device)
+    weights = torch.full((*goal.shape, count), 1.0 / count, dtype=z.dtype, device=z.device)
     if bool(free.any()):
-        solved, ok, steps = _solve(z, column[free], goal[free], tol, max_iterations)
-        xi[free], converged[free], iterations[free] = solved, ok, steps
-    xi = torch.where(at_bound & low_bound, -torch.inf, torch.where(at_bound, torch.inf, xi))
-    weights = torch.softmax(torch.where(at_bound[..., None], 0.0, xi[..., None]) * z.T, dim=-1)
-    extreme = torch.where(low_bound[..., None], z.T == z.min(0).values[:, None],
-                          z.T == z.max(0).values[:, None]).to(z.dtype)  # [T, P, N]
-    weights = torch.where(at_bound[..., None], extreme / extreme.sum(-1, keepdim=True), weights)
-    assert weights.shape == (len(tau), pixels, count)
+        solved, ok, steps, found = _solve(z, row[free], goal[free], tol, max_iterations)
+        xi[free], converged[free], iterations[free], weights[free] = solved, ok, steps, found
+    if bool(at_bound.any()):
+        rows, low = row[at_bound], low_bound[at_bound]
+        extreme = (z[rows] == torch.where(low, lowest[rows], highest[rows])[:, None]).to(z.dtype)
+        weights[at_bound] = extreme / extreme.sum(1, keepdim=True)
+        xi[at_bound] = torch.where(low, -torch.inf, torch.inf).to(xi.dtype)
     return Projection(taus=tau, targets=goal_pixels, xi=xi, weights=weights,
                       converged=converged, at_bound=at_bound, constant=constant,
                       iterations=iterations, image_shape=image_shape)
