@@ -105,6 +105,23 @@ def test_the_latent_map_splits_its_grid_under_every_predictive(small_run) -> Non
     assert 'id="latent"' in text and "latent-map.png" in text
 
 
+def test_the_influence_maps_project_the_id_test_set(small_run) -> None:
+    out, _ = small_run
+    found = json.loads((out / "metrics.json").read_text())["influence"]
+    assert found["images"] == 120  # data.max_per_set caps the 1,000 of the default
+    assert found["projection"]["pixels"] == 784 and found["projection"]["pairs"] == 2 * 784
+    assert found["projection"]["pairs_not_converged"] == 0
+    assert list(found["max_abs_influence"]) == [str(k) for k in range(10)]
+    assert all(0 < v <= 1 for v in found["max_abs_influence"].values())
+    assert list(found["max_abs_change"]) == ["accuracy", "log-loss", "entropy",
+                                             "mutual_information"]
+    text = (out / "report.html").read_text()
+    assert 'id="influence"' in text
+    for name in ("influence-classes", "influence-spread", "influence-changes"):
+        drawn = list((out / "figures").glob(f"*-{name}.png"))
+        assert len(drawn) == 1 and f"figures/{drawn[0].name}" in text
+
+
 def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     out, _ = small_run
     first_metrics = json.loads((out / "metrics.json").read_text())

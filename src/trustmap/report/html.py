@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from trustmap.atomic import write_atomic
 from trustmap.errors import TrustmapError
-from trustmap.report import explain_figures, figures, latent_figures
+from trustmap.report import explain_figures, figures, influence_figures, latent_figures
 from trustmap.report.results import (
     ADVERSARIAL_COLUMNS,
     AOPC_COLUMNS,
@@ -241,7 +241,7 @@ def _plan_figures(results: RunResults, predictive: str) -> list[Section]:
                                 lambda d=dataset: figures.extreme_inputs(results, d, predictive,
                                                                          ranking)))
     return [distributions, roc, reliability, agreement, inputs, *_explanation_figures(results),
-            _latent_figures(results)]
+            _latent_figures(results), _influence_figures(results)]
 
 
 def _latent_figures(results: RunResults) -> Section:
@@ -258,6 +258,36 @@ def _latent_figures(results: RunResults) -> Section:
                 found.maps, found.predictives, found.measures, found.resolution, found.bound,
                 found.codes, found.code_labels, found.classes, found.confident,
                 title=f"{found.architecture} on {results.in_distribution}")))
+    return section
+
+
+def _influence_figures(results: RunResults) -> Section:
+    """Seed 004's maps: where pushing a pixel up moves the ensemble's classes, metrics and
+    uncertainty (entropic projection of the ID test set)."""
+    section = Section("influence")
+    found = results.influence
+    if found is None:
+        return section
+    constant, missed = found.constant, found.not_converged
+    masks = (f"grey: the {int(constant.sum())} constant pixels (exactly 0); ×: the "
+             f"{int(missed.sum())} pixels whose tilt did not converge")
+    section.jobs += [
+        ("influence-classes", "change of the ensemble's mean probability of each class when the "
+         "pixel goes from its low to its high side (τ = +1 minus τ = −1), one symmetric scale "
+         f"for all classes; {masks}",
+         lambda: influence_figures.influence_maps(found.influence, found.classes, constant,
+                                                  missed, title="influence on each class")),
+        ("influence-spread", "std over the members of each member's influence map: where it is "
+         "comparable to |influence| the influence itself is uncertain",
+         lambda: influence_figures.spread_maps(found.member_std, found.classes, constant,
+                                               missed, title="spread of the influence")),
+        ("influence-changes", "change of the ensemble's accuracy and log-loss and of the mean "
+         "of its uncertainty measures, each on its own symmetric scale",
+         lambda: influence_figures.change_maps(
+             found.changes, {name: influence_figures.change_label(name)
+                             for name in found.changes},
+             constant, missed, title="influence on performance and uncertainty")),
+    ]
     return section
 
 
@@ -379,6 +409,7 @@ def _render(results: RunResults, predictive: str, sections: list[Section]) -> st
             "explanation-vs-probability", _explanation_vs_probability(results), set(),
             directions={}),
         latent=results.latent,
+        influence=results.influence,
         latent_shares=build_table(
             "latent-shares", results.latent.shares.drop(columns=["architecture"]),
             directions={"share_far": 1}) if results.latent is not None else None,

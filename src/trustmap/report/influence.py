@@ -39,8 +39,6 @@ largest: elsewhere the ratio std / |influence| divides by almost nothing."""
 CERTAINTY_COLUMNS = ("class", "max_abs_influence", "pixels", "relative_std")
 ACCURACY_COLUMNS = ("model", "accuracy")
 TIMING_COLUMNS = ("step", "seconds")
-HIGHER_IS_BETTER = {"accuracy"}
-LOWER_IS_BETTER = {"log-loss", "log_loss", "nll", "brier", "error"}
 PROJECTION_LABELS = {
     "pixels": "pixels",
     "constant_pixels": "constant pixels (no tilt, every map 0)",
@@ -220,13 +218,14 @@ def _plan_figures(results: InfluenceResults) -> list[Section]:
         lambda: influence_figures.spread_maps(results.member_std, results.classes, constant,
                                               missed, title="spread of the influence")))
     if results.performance:
-        senses = "; ".join(f"{name}: positive = {_metric_sense(name)} when the pixel goes up"
+        sense = influence_figures.metric_sense
+        senses = "; ".join(f"{name}: positive = {sense(name)} when the pixel goes up"
                            for name in results.performance)
         sections["performance"].jobs.append((
             "performance", f"change of each metric of the ensemble, τ = +1 minus τ = −1, each on "
             f"its own symmetric scale ({senses}); {masks}",
             lambda: influence_figures.change_maps(
-                results.performance, {name: f"change of {name} (+ = {_metric_sense(name)})"
+                results.performance, {name: influence_figures.change_label(name)
                                       for name in results.performance},
                 constant, missed, title="influence on performance")))
     if results.uncertainty:
@@ -235,7 +234,7 @@ def _plan_figures(results: InfluenceResults) -> list[Section]:
             "τ = −1, each on its own symmetric scale: positive, the ensemble is less sure "
             f"when the pixel goes up; {masks}",
             lambda: influence_figures.change_maps(
-                results.uncertainty, {name: f"change of mean {name} (+ = less sure)"
+                results.uncertainty, {name: influence_figures.change_label(name)
                                       for name in results.uncertainty},
                 constant, missed, title="influence on uncertainty")))
     if results.curve_pixels:
@@ -249,15 +248,6 @@ def _plan_figures(results: InfluenceResults) -> list[Section]:
                 results.curve_pixels, results.classes, results.mean_image,
                 title="probabilities along the projection")))
     return list(sections.values())
-
-
-def _metric_sense(name: str) -> str:
-    """What a positive change of the metric means, where its direction is known."""
-    if name.lower() in HIGHER_IS_BETTER:
-        return "better"
-    if name.lower() in LOWER_IS_BETTER:
-        return "worse"
-    return "higher"
 
 
 # --- the page
@@ -285,7 +275,8 @@ def _render(results: InfluenceResults, sections: list[Section]) -> str:
                                                      results.classes),
                               directions={}, row_headers=("class",)),
         share=f"{CERTAIN_SHARE:.0%}",
-        metrics=[{"name": name, "sense": _metric_sense(name)} for name in results.performance],
+        metrics=[{"name": name, "sense": influence_figures.metric_sense(name)}
+                 for name in results.performance],
         measures=list(results.uncertainty),
         curves=len(results.curve_pixels),
         figures={section.key: section.drawn for section in sections},

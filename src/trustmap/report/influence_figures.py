@@ -27,6 +27,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from trustmap.errors import DataError  # noqa: E402
 from trustmap.report.explain_figures import SIGNED_CMAP, SPREAD_CMAP  # noqa: E402
 from trustmap.report.latent_figures import class_colours  # noqa: E402
+from trustmap.uncertainty import MEASURES  # noqa: E402
 
 CONSTANT_COLOUR = "0.72"
 """Constant pixels: a mid grey, apart from the white centre of the diverging scale."""
@@ -37,6 +38,24 @@ every colour of both scales."""
 MAP_COLUMNS = 5
 """Panels per row of the per-class figures (10 classes: two rows)."""
 CURVE_COLUMNS = 4
+HIGHER_IS_BETTER = {"accuracy"}
+LOWER_IS_BETTER = {"log-loss", "log_loss", "nll", "brier", "error"}
+
+
+def metric_sense(name: str) -> str:
+    """What a positive change of the metric means, where its direction is known."""
+    if name.lower() in HIGHER_IS_BETTER:
+        return "better"
+    if name.lower() in LOWER_IS_BETTER:
+        return "worse"
+    return "higher"
+
+
+def change_label(name: str) -> str:
+    """Colorbar label of a change map: of an uncertainty measure's mean, or of a metric."""
+    if name in MEASURES:
+        return f"change of mean {name} (+ = less sure)"
+    return f"change of {name} (+ = {metric_sense(name)})"
 
 
 # --- checks and small helpers

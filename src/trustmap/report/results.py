@@ -89,6 +89,29 @@ class LatentMap:
 
 
 @dataclass
+class InfluenceMap:
+    """The default run's seed 004 maps: its ensemble on the ID test set, by entropic projection
+    (tau = +1 minus tau = -1, ``trustmap.explain.influence``)."""
+
+    architecture: str
+    classes: list[str]
+    images: int
+    alpha: float
+    influence: torch.Tensor
+    """[K, H, W] change of the ensemble's mean probability of each class."""
+    member_std: torch.Tensor
+    """[K, H, W] sample std over members of their influence maps."""
+    changes: dict[str, torch.Tensor]
+    """Metric or measure name -> [H, W] change of the ensemble's accuracy, log-loss, entropy..."""
+    constant: torch.Tensor
+    """[H, W] bool: pixels constant over the projected images."""
+    not_converged: torch.Tensor
+    """[H, W] bool."""
+    projection: dict[str, int]
+    """``PROJECTION_KEYS`` (defined below)."""
+
+
+@dataclass
 class RunResults:
     """Everything one ``trustmap run`` measured, ready to render."""
 
@@ -109,6 +132,7 @@ class RunResults:
     """Dataset name -> float32 [N, C, H, W] images in ``per_sample`` row order (by ``index``)."""
     explanations: ExplanationResults | None = None
     latent: LatentMap | None = None
+    influence: InfluenceMap | None = None
 
 
 ACCURACY_COLUMNS = ("architecture", "dataset", "parameters", "epochs", "val_accuracy",

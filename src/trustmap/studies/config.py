@@ -96,6 +96,13 @@ class LatentMapConfig:
 
 
 @dataclass(frozen=True)
+class InfluenceMapConfig:
+    images: int = 1000
+    """ID test images projected for seed 004's influence maps; 0 turns them off."""
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -107,6 +114,7 @@ class RunConfig:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     explanations: ExplanationConfig = field(default_factory=ExplanationConfig)
     latent: LatentMapConfig = field(default_factory=LatentMapConfig)
+    influence: InfluenceMapConfig = field(default_factory=InfluenceMapConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -236,6 +244,9 @@ def validate(config: RunConfig) -> RunConfig:
          "0 (no latent map) or >= 2"),
         ("latent.bound", config.latent.bound > 0, "> 0"),
         ("latent.vae_epochs", config.latent.vae_epochs >= 1, ">= 1"),
+        ("influence.images", config.influence.images == 0 or config.influence.images >= 2,
+         "0 (no influence maps) or >= 2"),
+        ("influence.alpha", 0 < config.influence.alpha < 0.5, "in (0, 0.5)"),
     ]
     for where, ok, rule in checks:
         if not ok:

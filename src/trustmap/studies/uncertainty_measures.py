@@ -43,16 +43,20 @@ from trustmap.evaluate.calibration import (
     reliability_bins,
 )
 from trustmap.evaluate.ood import detection_metrics, misclassification_metrics
+from trustmap.explain import influence
 from trustmap.predictive import Prediction, make_predictive, predict_kinds
 from trustmap.report.html import write_report
-from trustmap.report.results import LatentMap, RunResults
+from trustmap.report.results import InfluenceMap, LatentMap, RunResults
 from trustmap.studies.config import RunConfig, validate
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
+from trustmap.studies.influence_maps import InfluenceConfig
 from trustmap.studies.latent_maps import THRESHOLD_MEASURE, latent_plane, score_grid
 from trustmap.training import RunSpec, TrainConfig, fit_ensemble, split_validation, write_json
 from trustmap.uncertainty import MEASURES, compute
 
 Log = Callable[[str], None]
+INFLUENCE_METRICS = InfluenceConfig().metrics
+INFLUENCE_MEASURES = InfluenceConfig().measures
 
 
 def _spec(config: RunConfig) -> RunSpec:
@@ -320,6 +324,8 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
     explanations = explanation_results(members, sets, config, measures, log)
     latent = _latent_map(config, train, sets[id_name], members, kinds, predictions[id_name],
                          out, progress, log) if config.latent.resolution else None
+    influence_maps = _influence_map(config, sets[id_name], predictions[id_name], log) \
+        if config.influence.images else None
 
     ood_names = [n for n in sets if n != id_name and not n.startswith("noise:")]
     _, val = split_validation(train, config.model.val_fraction, config.seed)
@@ -343,6 +349,7 @@ def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
         images={name: d.images for name, d in sets.items()},
         explanations=explanations,
         latent=latent,
+        influence=influence_maps,
     )
     results.header = _header(config, command, ensemble, sets, skipped, resumed,
                              trained_seconds, time.perf_counter() - started)
@@ -379,6 +386,33 @@ def _latent_map(config: RunConfig, train: Dataset, test: Dataset, members: list[
                      shares=pd.DataFrame(scored.shares))
 
 
+def _influence_map(config: RunConfig, test: Dataset, on_test: dict[str, Prediction], log: Log
+                   ) -> InfluenceMap:
+    """Seed 004's maps, small: the ensemble (else the first predictive) on the ID test set."""
+    kind = "ensemble" if "ensemble" in on_test else next(iter(on_test))
+    count = min(config.influence.images, len(test))
+    images, labels = test.images[:count], test.labels[:count]
+    prediction = Prediction(on_test[kind].sample_logits[:, :count])
+    log(f"influence maps: every pixel of {count} {test.name} test images projected ({kind})")
+    projection = influence.project(images.to(prediction.sample_logits.device),
+                                   alpha=config.influence.alpha)
+    probabilities = prediction.mean_probs
+    changes = {metric: influence.performance_map(projection, metric, labels, probabilities)
+               for metric in INFLUENCE_METRICS}
+    changes.update({measure: influence.uncertainty_map(projection, prediction, measure)
+                    for measure in INFLUENCE_MEASURES})
+    shape = images.shape[2:]
+    return InfluenceMap(
+        architecture=config.model.name, classes=list(test.classes), images=count,
+        alpha=config.influence.alpha,
+        influence=influence.influence_map(projection, probabilities)[:, 0].cpu(),
+        member_std=influence.member_maps(projection, prediction.sample_probs).std[:, 0].cpu(),
+        changes={name: change[0].cpu() for name, change in changes.items()},
+        constant=projection.constant.reshape(shape).cpu(),
+        not_converged=(~projection.converged).any(0).reshape(shape).cpu(),
+        projection=projection.summary())
+
+
 def _header(config: RunConfig, command: str, ensemble: Any, sets: dict[str, Dataset],
             skipped: list[str], resumed: list[int], trained_seconds: float,
             seconds: float) -> dict[str, Any]:
@@ -410,6 +444,13 @@ def _metrics(results: RunResults) -> dict[str, Any]:
             "calibration": records(results.calibration),
             "adversarial": records(results.adversarial),
             "latent": None if results.latent is None else records(results.latent.shares),
+            "influence": None if results.influence is None else {
+                "images": results.influence.images, "projection": results.influence.projection,
+                "max_abs_influence": dict(zip(results.influence.classes, results.influence
+                                              .influence.abs().flatten(1).amax(1).tolist(),
+                                              strict=True)),
+                "max_abs_change": {name: float(change.abs().max())
+                                   for name, change in results.influence.changes.items()}},
             "explanations": None if results.explanations is None else {
                 "predictive": results.explanations.predictive,
                 "measures": results.explanations.measures,
