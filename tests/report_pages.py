@@ -1,17 +1,27 @@
-"""A parser of the study pages (recurrent.html, latent.html) shared by their report tests."""
+"""A parser of the study pages (recurrent.html, latent.html, influence.html) and a snapshot of
+a directory's files, shared by their report tests."""
 
 from __future__ import annotations
 
 from html.parser import HTMLParser
+from pathlib import Path
+
+
+def files(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` by relative path: to show that a write left them as they
+    were."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}
 
 
 class Page(HTMLParser):
-    """Images, section ids, nav links, and every table with an id as rows of cell texts, which
-    cells are marked best, and whether the row is greyed."""
+    """Images and their alt texts, section ids, nav links, and every table with an id as rows of
+    cell texts, which cells are marked best, and whether the row is greyed."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
         self.images: list[str] = []
+        self.alts: list[str | None] = []
         self.sections: list[str] = []
         self.links: list[str] = []
         self.tables: dict[str, list[tuple[list[str], list[bool]]]] = {}
@@ -24,6 +34,7 @@ class Page(HTMLParser):
         found = dict(attrs)
         if tag == "img":
             self.images.append(str(found["src"]))
+            self.alts.append(found.get("alt"))
         elif tag == "section":
             self.sections.append(str(found["id"]))
         elif tag == "a":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,13 @@ import torch
 
 from trustmap.report.html import write_report
 from trustmap.report.results import ExplanationResults, RunResults
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    """Figures a test drew (or failed half-way through) do not pile up in pyplot's registry."""
+    yield
+    plt.close("all")
 
 DATASETS = {"mnist": 40, "letters": 30, "noise": 24}  # the first is in-distribution
 PREDICTIVES = ["single", "ensemble"]

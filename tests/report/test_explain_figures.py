@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -24,12 +24,6 @@ from trustmap.report.figures import save_figure
 
 E, H, W = 3, 6, 9  # H != W, so swapped rows and columns show up
 METHODS = ["saliency", "gradcam"]
-
-
-@pytest.fixture(autouse=True)
-def _close_figures() -> Iterator[None]:
-    yield
-    plt.close("all")
 
 
 def _maps() -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]:

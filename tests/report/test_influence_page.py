@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from report_pages import Page
+from report_pages import Page, files
 
 from trustmap.errors import DataError
 from trustmap.report import influence_figures
@@ -83,25 +82,6 @@ def make_influence_results() -> InfluenceResults:
                               "seconds": [42.25, 3.5, 0.75]}))
 
 
-class AltPage(Page):
-    """``Page`` that also keeps every image's alt text."""
-
-    def __init__(self, text: str) -> None:
-        self.alts: list[str | None] = []
-        super().__init__(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "img":
-            self.alts.append(dict(attrs).get("alt"))
-        super().handle_starttag(tag, attrs)
-
-
-@pytest.fixture(autouse=True)
-def _close_figures() -> Iterator[None]:
-    yield
-    plt.close("all")
-
-
 @pytest.fixture
 def influence_results() -> InfluenceResults:
     return make_influence_results()
@@ -114,13 +94,8 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(written: Path) -> AltPage:
-    return AltPage(written.read_text("utf-8"))
-
-
-def _files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
-            if p.is_file()}
+def page(written: Path) -> Page:
+    return Page(written.read_text("utf-8"))
 
 
 def _panels(figure: plt.Figure) -> list[plt.Axes]:
@@ -131,7 +106,7 @@ def _panels(figure: plt.Figure) -> list[plt.Axes]:
 
 
 def test_every_section_and_figure_is_written_and_referenced(written: Path,
-                                                            page: AltPage) -> None:
+                                                            page: Page) -> None:
     assert written.name == "influence.html"
     assert page.sections == SECTIONS
     assert [link for link in page.links if link.startswith("#")] == [f"#{s}" for s in SECTIONS]
@@ -145,7 +120,7 @@ def test_every_section_and_figure_is_written_and_referenced(written: Path,
     assert len(page.alts) == len(FIGURES) and all(alt and len(alt) > 40 for alt in page.alts)
 
 
-def test_header_lead_and_tables(written: Path, page: AltPage) -> None:
+def test_header_lead_and_tables(written: Path, page: Page) -> None:
     text = written.read_text("utf-8")
     assert "<title>influence &lt;demo&gt;</title>" in text
     assert "trustmap study influence --seed 4" in text and "2.13.0" in text
@@ -166,7 +141,7 @@ def test_header_lead_and_tables(written: Path, page: AltPage) -> None:
                                     ["influence maps", "0.750"]]
 
 
-def test_certainty_table_is_the_summary_of_the_maps(page: AltPage,
+def test_certainty_table_is_the_summary_of_the_maps(page: Page,
                                                     influence_results: InfluenceResults) -> None:
     expected = certainty(influence_results.influence, influence_results.member_std, CLASSES)
     assert page.header("certainty") == ["class", "max abs influence", "pixels", "relative std"]
@@ -322,7 +297,7 @@ def test_a_failing_figure_keeps_the_earlier_page(written: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     shutil.copytree(written.parent, out)
-    before = _files(out)
+    before = files(out)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("drawing failed")
@@ -330,7 +305,7 @@ def test_a_failing_figure_keeps_the_earlier_page(written: Path,
     monkeypatch.setattr(influence_figures, "influence_curves", broken)  # the last figure
     with pytest.raises(RuntimeError, match="drawing failed"):
         write_influence_report(influence_results, out)
-    assert _files(out) == before
+    assert files(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["figures", "influence.html"]  # no staging
 
 
@@ -346,11 +321,11 @@ def test_shares_a_directory_with_other_pages(influence_results: InfluenceResults
     (out / "latent.html").write_text("<img src='figures/latent-01-maps-lenet5.png'>", "utf-8")
     (figures / "latent-01-maps-lenet5.png").write_bytes(PNG_MAGIC + b"latent")
     (figures / "influence-99-gone.png").write_bytes(PNG_MAGIC)  # stale: this page's prefix
-    before = {name: data for name, data in _files(out).items() if "influence-" not in name}
+    before = {name: data for name, data in files(out).items() if "influence-" not in name}
     stamp = (out / "report.html").stat().st_mtime_ns
 
     page = write_influence_report(influence_results, out)
-    after = _files(out)
+    after = files(out)
     assert {name: after[name] for name in before} == before
     assert (out / "report.html").stat().st_mtime_ns == stamp
     assert not (figures / "influence-99-gone.png").exists()

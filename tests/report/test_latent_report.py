@@ -4,15 +4,13 @@ way up, failures keep the earlier page, and it shares a directory with other pag
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from report_pages import Page
+from report_pages import Page, files
 
 from trustmap.errors import DataError, TrustmapError
 from trustmap.report import latent_figures
@@ -90,12 +88,6 @@ def make_latent_results() -> LatentResults:
         path_labels=[("3", "8"), ("1", "7")])
 
 
-@pytest.fixture(autouse=True)
-def _close_figures() -> Iterator[None]:
-    yield
-    plt.close("all")
-
-
 @pytest.fixture
 def latent_results() -> LatentResults:
     return make_latent_results()
@@ -110,11 +102,6 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def page(written: Path) -> Page:
     return Page(written.read_text("utf-8"))
-
-
-def _files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
-            if p.is_file()}
 
 
 def test_every_figure_is_a_png_beside_the_page(written: Path, page: Page) -> None:
@@ -293,7 +280,7 @@ def test_a_failing_figure_keeps_the_earlier_page(written: Path, latent_results: 
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     shutil.copytree(written.parent, out)
-    before = _files(out)
+    before = files(out)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("drawing failed")
@@ -301,7 +288,7 @@ def test_a_failing_figure_keeps_the_earlier_page(written: Path, latent_results: 
     monkeypatch.setattr(latent_figures, "midpoint_histograms", broken)  # the last figures
     with pytest.raises(RuntimeError, match="drawing failed"):
         write_latent_report(latent_results, out)
-    assert _files(out) == before
+    assert files(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["figures", "latent.html"]  # no staging
 
 
@@ -317,10 +304,10 @@ def test_shares_a_directory_with_other_pages(results: RunResults,
     (figures / "recurrent-01-heatmaps-0-7.png").write_bytes(PNG_MAGIC)
     (out / "recurrent.html").write_text("<img src='figures/recurrent-01-heatmaps-0-7.png'>")
     (figures / "latent-99-gone.png").write_bytes(PNG_MAGIC)  # stale: this page's prefix
-    before = {name: data for name, data in _files(out).items() if "latent-" not in name}
+    before = {name: data for name, data in files(out).items() if "latent-" not in name}
 
     page = write_latent_report(latent_results, out)
-    after = _files(out)
+    after = files(out)
     assert {name: after[name] for name in before} == before
     assert not (figures / "latent-99-gone.png").exists()
     drawn = sorted(f"figures/{Path(src).name}" for src in Page(page.read_text("utf-8")).images)

@@ -4,15 +4,13 @@ earlier page, and it shares a directory with report.html without touching that p
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from report_pages import Page
+from report_pages import Page, files
 
 from trustmap.errors import TrustmapError
 from trustmap.report import recurrent_figures
@@ -82,12 +80,6 @@ def make_recurrent_results() -> RecurrentResults:
         speed=speed)
 
 
-@pytest.fixture(autouse=True)
-def _close_figures() -> Iterator[None]:
-    yield
-    plt.close("all")
-
-
 @pytest.fixture
 def recurrent_results() -> RecurrentResults:
     return make_recurrent_results()
@@ -102,11 +94,6 @@ def written(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def page(written: Path) -> Page:
     return Page(written.read_text("utf-8"))
-
-
-def _files(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
-            if p.is_file()}
 
 
 def test_every_figure_is_a_png_beside_the_page(written: Path, page: Page) -> None:
@@ -197,7 +184,7 @@ def test_a_failing_figure_keeps_the_earlier_page(written: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     shutil.copytree(written.parent, out)
-    before = _files(out)
+    before = files(out)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("drawing failed")
@@ -205,7 +192,7 @@ def test_a_failing_figure_keeps_the_earlier_page(written: Path,
     monkeypatch.setattr(recurrent_figures, "aopc_curves", broken)  # the last figure drawn
     with pytest.raises(RuntimeError, match="drawing failed"):
         write_recurrent_report(recurrent_results, out)
-    assert _files(out) == before
+    assert files(out) == before
     assert sorted(p.name for p in out.iterdir()) == ["figures", "recurrent.html"]  # no staging
 
 
@@ -220,10 +207,10 @@ def test_shares_a_directory_with_report_html(written: Path, results: RunResults,
     figures = out / "figures"
     (figures / "recurrent-99-gone.png").write_bytes(PNG_MAGIC)  # stale: this page's prefix
     (figures / "notes.png").write_bytes(PNG_MAGIC)  # someone else's
-    before = {name: data for name, data in _files(out).items() if "recurrent-" not in name}
+    before = {name: data for name, data in files(out).items() if "recurrent-" not in name}
 
     page = write_recurrent_report(recurrent_results, out)
-    after = _files(out)
+    after = files(out)
     assert {name: after[name] for name in before} == before  # report.html and its figures
     assert not (figures / "recurrent-99-gone.png").exists()
     drawn = sorted(f"figures/{Path(src).name}" for src in Page(page.read_text("utf-8")).images)
