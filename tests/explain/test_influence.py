@@ -145,6 +145,10 @@ def test_maps_keep_the_image_shape() -> None:
     assert influence.influence_map(projection, torch.rand(40, 7)).shape == (7, 1, 3, 4)
     assert influence.performance_map(projection, "accuracy", torch.randint(0, 7, (40,)),
                                      torch.rand(40, 7).softmax(1)).shape == (1, 3, 4)
+    from_numpy = influence.project(x.numpy())  # arrays work as tensors do
+    values = torch.rand(40, 7)
+    torch.testing.assert_close(influence.influence_map(from_numpy, values.numpy()),
+                               influence.influence_map(projection, values))
 
 
 @pytest.mark.parametrize("name, reference, predicted", [

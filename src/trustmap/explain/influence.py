@@ -76,7 +76,8 @@ class Projection:
     def weighted_mean(self, values: torch.Tensor) -> torch.Tensor:
         """[T, K, P] mean of per-image values [N, K] (or [N]: K = 1) under every projection."""
         values = _per_image(values, self.weights.shape[2], "values")
-        return torch.einsum("tpn,nk->tkp", self.weights, values.to(self.weights.dtype))
+        values = values.to(self.weights.device, self.weights.dtype)
+        return torch.einsum("tpn,nk->tkp", self.weights, values)
 
     def difference(self, values: torch.Tensor, high: float = 1.0, low: float = -1.0
                    ) -> torch.Tensor:
@@ -272,8 +273,7 @@ def project(images: torch.Tensor, taus: Sequence[float] = TAUS, alpha: float = A
             or max_iterations < 1:
         raise ConfigError(f"max_iterations must be an integer >= 1, got {max_iterations!r}")
     flat = _flat_images(images)
-    image_shape = tuple(flat.shape[1:]) if images.dim() == 2 else tuple(images.shape[1:])
-    return _project(flat, tau, alpha, tol, max_iterations, image_shape)
+    return _project(flat, tau, alpha, tol, max_iterations, tuple(np.shape(images)[1:]))
 
 
 def _project(flat: torch.Tensor, tau: torch.Tensor, alpha: float, tol: float,
