@@ -3,8 +3,12 @@ a directory's files, shared by their report tests."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from html.parser import HTMLParser
 from pathlib import Path
+
+import pytest
 
 
 def files(directory: Path) -> dict[str, bytes]:
@@ -12,6 +16,24 @@ def files(directory: Path) -> dict[str, bytes]:
     were."""
     return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
             if p.is_file()}
+
+
+def assert_a_failing_figure_keeps_the_earlier_page(
+        written: Path, out: Path, monkeypatch: pytest.MonkeyPatch, module: object,
+        figure: str, write: Callable[[Path], object]) -> None:
+    """Copy the written page's directory to ``out``, make ``module.figure`` raise, and check
+    that ``write(out)`` fails leaving every file as it was and no staging folder behind."""
+    shutil.copytree(written.parent, out)
+    before = files(out)
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("drawing failed")
+
+    monkeypatch.setattr(module, figure, broken)
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        write(out)
+    assert files(out) == before
+    assert sorted(p.name for p in out.iterdir()) == ["figures", written.name]  # no staging
 
 
 class Page(HTMLParser):

@@ -5,7 +5,6 @@ written, and the page shares a directory with other pages without touching them.
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from report_pages import Page, files
+from report_pages import Page, assert_a_failing_figure_keeps_the_earlier_page, files
 
 from trustmap.errors import DataError
 from trustmap.report import influence_figures
@@ -295,18 +294,10 @@ def test_a_failing_figure_keeps_the_earlier_page(written: Path,
                                                  influence_results: InfluenceResults,
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "run"
-    shutil.copytree(written.parent, out)
-    before = files(out)
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("drawing failed")
-
-    monkeypatch.setattr(influence_figures, "influence_curves", broken)  # the last figure
-    with pytest.raises(RuntimeError, match="drawing failed"):
-        write_influence_report(influence_results, out)
-    assert files(out) == before
-    assert sorted(p.name for p in out.iterdir()) == ["figures", "influence.html"]  # no staging
+    # the patched figure is the last drawn
+    assert_a_failing_figure_keeps_the_earlier_page(
+        written, tmp_path / "run", monkeypatch, influence_figures, "influence_curves",
+        lambda out: write_influence_report(influence_results, out))
 
 
 def test_shares_a_directory_with_other_pages(influence_results: InfluenceResults,

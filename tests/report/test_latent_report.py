@@ -3,14 +3,13 @@ way up, failures keep the earlier page, and it shares a directory with other pag
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from report_pages import Page, files
+from report_pages import Page, assert_a_failing_figure_keeps_the_earlier_page, files
 
 from trustmap.errors import DataError, TrustmapError
 from trustmap.report import latent_figures
@@ -278,18 +277,10 @@ def test_interpolation_strip_keeps_ends_and_midpoint() -> None:
 def test_a_failing_figure_keeps_the_earlier_page(written: Path, latent_results: LatentResults,
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "run"
-    shutil.copytree(written.parent, out)
-    before = files(out)
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("drawing failed")
-
-    monkeypatch.setattr(latent_figures, "midpoint_histograms", broken)  # the last figures
-    with pytest.raises(RuntimeError, match="drawing failed"):
-        write_latent_report(latent_results, out)
-    assert files(out) == before
-    assert sorted(p.name for p in out.iterdir()) == ["figures", "latent.html"]  # no staging
+    # the patched figures are the last drawn
+    assert_a_failing_figure_keeps_the_earlier_page(
+        written, tmp_path / "run", monkeypatch, latent_figures, "midpoint_histograms",
+        lambda out: write_latent_report(latent_results, out))
 
 
 def test_shares_a_directory_with_other_pages(results: RunResults,

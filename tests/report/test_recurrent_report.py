@@ -3,14 +3,13 @@ earlier page, and it shares a directory with report.html without touching that p
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from report_pages import Page, files
+from report_pages import Page, assert_a_failing_figure_keeps_the_earlier_page, files
 
 from trustmap.errors import TrustmapError
 from trustmap.report import recurrent_figures
@@ -182,18 +181,10 @@ def test_a_failing_figure_keeps_the_earlier_page(written: Path,
                                                  recurrent_results: RecurrentResults,
                                                  tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "run"
-    shutil.copytree(written.parent, out)
-    before = files(out)
-
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("drawing failed")
-
-    monkeypatch.setattr(recurrent_figures, "aopc_curves", broken)  # the last figure drawn
-    with pytest.raises(RuntimeError, match="drawing failed"):
-        write_recurrent_report(recurrent_results, out)
-    assert files(out) == before
-    assert sorted(p.name for p in out.iterdir()) == ["figures", "recurrent.html"]  # no staging
+    # the patched figure is the last drawn
+    assert_a_failing_figure_keeps_the_earlier_page(
+        written, tmp_path / "run", monkeypatch, recurrent_figures, "aopc_curves",
+        lambda out: write_recurrent_report(recurrent_results, out))
 
 
 def test_shares_a_directory_with_report_html(written: Path, results: RunResults,
