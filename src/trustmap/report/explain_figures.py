@@ -12,71 +12,23 @@ import textwrap
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from mpl_toolkits.axes_grid1 import make_axes_locatable  # noqa: E402
+from trustmap.errors import DataError
+from trustmap.report import plot
+from trustmap.report.plot import POSITIVE_CMAP, SIGNED_CMAP, SPREAD_CMAP
 
-from trustmap.errors import DataError  # noqa: E402
-
-SIGNED_CMAP = "RdBu_r"
-"""Diverging: red for evidence for the class, blue against, white for none."""
-POSITIVE_CMAP = "Reds"
-"""Sequential for maps without sign, so they never look like 'evidence against'."""
-SPREAD_CMAP = "viridis"
-"""Sequential for uncertainty maps, distinct from both attribution colormaps."""
 CELL_INCHES = 1.1
 """Size of one image cell of the explanation grid, legible at report size."""
 ORDER_STYLES = {"morf": ("MoRF", "-"), "lerf": ("LeRF", "--"), "random": ("random", ":")}
 """Display name and line style of each deletion order of the perturbation curves."""
-
-
-# --- checks and small helpers
-
-
-def _array(value: Any, what: str, ndim: int, layout: str) -> np.ndarray:
-    """``value`` as a finite float array of ``ndim`` dimensions, or a DataError naming it."""
-    array = torch.as_tensor(value).detach().cpu().to(torch.float64).numpy()
-    if array.ndim != ndim:
-        raise DataError(f"{what} has shape {tuple(array.shape)}; expected {ndim} dimensions "
-                        f"{layout}")
-    if array.size == 0:
-        raise DataError(f"{what} is empty (shape {tuple(array.shape)}); pass at least one {layout}")
-    if not np.isfinite(array).all():
-        raise DataError(f"{what} holds NaN or infinite values; fix the computation that made it "
-                        "before drawing it")
-    return array
-
-
-def _same_shape(array: np.ndarray, shape: tuple[int, ...], what: str, reference: str) -> None:
-    if array.shape != shape:
-        raise DataError(f"{what} has shape {array.shape} but {reference} has {shape}; "
-                        "they must describe the same pixels")
-
-
-def checked_frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
-    """Refuse a frame that lacks columns or rows before anything is drawn."""
-    missing = [column for column in columns if column not in frame.columns]
-    if missing:
-        raise DataError(f"{what} lacks the columns {missing}; it needs {list(columns)}")
-    if frame.empty:
-        raise DataError(f"{what} has no rows; there is nothing to draw")
-    return frame
-
-
-def _unique_rows(frame: pd.DataFrame, keys: list[str], what: str) -> None:
-    duplicated = frame.duplicated(keys)
-    if duplicated.any():
-        first = frame.loc[duplicated, keys].iloc[0].to_dict()
-        raise DataError(f"{what} has more than one row for {first}; aggregate it to one row per "
-                        f"{tuple(keys)} first")
 
 
 def _short(value: float) -> str:
@@ -95,39 +47,13 @@ def _signed(maps: np.ndarray) -> bool:
 
 def _scale(values: np.ndarray) -> float:
     """The largest |value|, or 1 for an all-zero map, so imshow never gets an empty range."""
-    largest = float(np.abs(values).max())
-    return largest if largest > 0 else 1.0
+    return plot.limit(values) or 1.0
 
 
 def _show_map(axis: Any, values: np.ndarray, signed: bool, vmax: float) -> Any:
     cmap = SIGNED_CMAP if signed else POSITIVE_CMAP
     return axis.imshow(values, cmap=cmap, vmin=-vmax if signed else 0.0, vmax=vmax,
                        interpolation="nearest")
-
-
-def _bare(axis: Any) -> None:
-    axis.set_xticks([])
-    axis.set_yticks([])
-    for spine in axis.spines.values():
-        spine.set_visible(False)
-
-
-def _picture(image: np.ndarray) -> dict[str, Any]:
-    """imshow arguments of a [C, H, W] image in [0, 1]: gray for one channel, RGB for three."""
-    if image.shape[0] == 1:
-        return {"X": image[0], "cmap": "gray", "vmin": 0.0, "vmax": 1.0}
-    return {"X": np.clip(image.transpose(1, 2, 0), 0.0, 1.0)}
-
-
-def _legend_outside(axis: Any) -> None:
-    """A legend to the right of the axes, so many lines never cover the data."""
-    axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                borderaxespad=0.0)
-
-
-def _colours(names: Sequence[str], palette: str = "tab10") -> dict[str, Any]:
-    colours = plt.get_cmap(palette).colors
-    return {name: colours[i % len(colours)] for i, name in enumerate(names)}
 
 
 # --- 1. the grid of examples x methods
@@ -147,10 +73,8 @@ def explanation_grid(images: torch.Tensor, row_labels: Sequence[str], methods: S
     are drawn diverging when any of them is signed, so one column never mixes two colormaps.
     ``scores`` (method -> one number per row) is printed under the uncertainty map.
     """
-    pictures = _array(images, "images", 4, "[E, C, H, W]")
-    count, channels, height, width = pictures.shape
-    if channels not in (1, 3):
-        raise DataError(f"images have {channels} channels; expected 1 (gray) or 3 (RGB)")
+    pictures = plot.images(images, "images", 4, "[E, C, H, W]")
+    count, height, width = pictures.shape[:3]
     if len(row_labels) != count:
         raise DataError(f"{len(row_labels)} row labels for {count} images; give one per image")
     if not methods:
@@ -161,12 +85,12 @@ def explanation_grid(images: torch.Tensor, row_labels: Sequence[str], methods: S
             if method not in maps:
                 raise DataError(f"{kind} has no maps for method {method!r} (it has "
                                 f"{sorted(maps)}); pass one [E, H, W] tensor per method")
-        means[method] = _array(mean_maps[method], f"mean_maps[{method!r}]", 3, "[E, H, W]")
-        spreads[method] = _array(uncertainty_maps[method], f"uncertainty_maps[{method!r}]", 3,
+        means[method] = plot.array(mean_maps[method], f"mean_maps[{method!r}]", 3, "[E, H, W]")
+        spreads[method] = plot.array(uncertainty_maps[method], f"uncertainty_maps[{method!r}]", 3,
                                  "[E, H, W]")
         for name, array in ((f"mean_maps[{method!r}]", means[method]),
                             (f"uncertainty_maps[{method!r}]", spreads[method])):
-            _same_shape(array, (count, height, width), name, "images [E, H, W]")
+            plot.same_shape(array, (count, height, width), name, "images [E, H, W]")
         if scores is not None:
             if method not in scores:
                 raise DataError(f"scores has no values for method {method!r} (it has "
@@ -185,7 +109,7 @@ def explanation_grid(images: torch.Tensor, row_labels: Sequence[str], methods: S
     axes = grid_part.subplots(count, columns, squeeze=False)
     small = {"fontsize": 7}
     for row in range(count):
-        axes[row, 0].imshow(**_picture(pictures[row]))
+        plot.show_image(axes[row, 0], pictures[row])
         axes[row, 0].set_ylabel(row_labels[row], rotation=0, ha="right", va="center", **small)
         for index, method in enumerate(methods):
             mean_axis, spread_axis = axes[row, 1 + 2 * index], axes[row, 2 + 2 * index]
@@ -201,7 +125,7 @@ def explanation_grid(images: torch.Tensor, row_labels: Sequence[str], methods: S
                 text += f"\nscore {printed[method][row]:.3g}"
             spread_axis.set_xlabel(text, fontsize=6)
     for axis in axes.flat:
-        axis.set_xticks([])
+        axis.set_xticks([])  # the frames stay: they separate the cells
         axis.set_yticks([])
     axes[0, 0].set_title("input", **small)
     for index, method in enumerate(methods):
@@ -235,26 +159,20 @@ def _scale_bars(part: Any, signed: Collection[bool], uncertainty_label: str) -> 
 # --- 2. and 3. class saliency: the mean map of a class with its standard error
 
 
-def class_saliency_map(mean: torch.Tensor, sem: torch.Tensor, title: str, *,
-                       image: torch.Tensor | None = None) -> Figure:
+def class_saliency_map(mean: torch.Tensor, sem: torch.Tensor, title: str) -> Figure:
     """A class's mean map with its column and row sums in the margins, and its 1-D profile.
 
     The margins (above: sum of each column, right: sum of each row) share the map's axes, so a
     peak in a margin sits exactly over the columns or beside the rows that make it. Their band is
     ± the *sum of the per-pixel SEMs* of that column or row: seed 001's conservative band (a
     bound, since errors of neighbouring pixels may cancel), not the SEM of the sum. Below, the
-    flattened map (pixel index row-major) with ± its per-pixel SEM. ``image`` (e.g. the class's
-    mean input), when given, is outlined with contour lines so the map's colours stay readable.
+    flattened map (pixel index row-major) with ± its per-pixel SEM.
     """
-    values = _array(mean, "mean", 2, "[H, W]")
-    errors = _array(sem, "sem", 2, "[H, W]")
-    _same_shape(errors, values.shape, "sem", "mean")
+    values = plot.array(mean, "mean", 2, "[H, W]")
+    errors = plot.array(sem, "sem", 2, "[H, W]")
+    plot.same_shape(errors, values.shape, "sem", "mean")
     if (errors < 0).any():
         raise DataError("sem holds negative values; a standard error is never below zero")
-    outline = None
-    if image is not None:
-        outline = _array(image, "image", 2, "[H, W]")
-        _same_shape(outline, values.shape, "image", "mean")
     height, width = values.shape
     signed = _signed(values)
 
@@ -263,9 +181,6 @@ def class_saliency_map(mean: torch.Tensor, sem: torch.Tensor, title: str, *,
                                left=0.12, right=0.9, top=0.92, bottom=0.08)
     main = figure.add_subplot(grid[0])
     shown = _show_map(main, values, signed, _scale(values))
-    if outline is not None and outline.max() > outline.min():
-        levels = outline.min() + (outline.max() - outline.min()) * np.array([0.25, 0.5])
-        main.contour(outline, levels=levels, colors="0.15", linewidths=0.6)
     main.set_xlabel("column")
     main.set_ylabel("row")
 
@@ -314,9 +229,9 @@ def class_saliency_panel(means: torch.Tensor, sems: torch.Tensor, class_names: S
 
     One scale for all classes, because the point of the panel is to compare them.
     """
-    values = _array(means, "means", 3, "[K, H, W]")
-    errors = _array(sems, "sems", 3, "[K, H, W]")
-    _same_shape(errors, values.shape, "sems", "means")
+    values = plot.array(means, "means", 3, "[K, H, W]")
+    errors = plot.array(sems, "sems", 3, "[K, H, W]")
+    plot.same_shape(errors, values.shape, "sems", "means")
     if (errors < 0).any():
         raise DataError("sems holds negative values; a standard error is never below zero")
     if len(class_names) != len(values):
@@ -329,7 +244,7 @@ def class_saliency_panel(means: torch.Tensor, sems: torch.Tensor, class_names: S
     signed, vmax = _signed(values), _scale(values)
     shown = None
     for axis in axes.flat:
-        _bare(axis)
+        plot.bare(axis)
     for axis in axes.flat[count:]:
         axis.set_visible(False)
     for axis, name, value, error in zip(axes.flat, class_names, values, errors, strict=False):
@@ -352,14 +267,14 @@ def perturbation_curves(curves: pd.DataFrame) -> Figure:
     Removing the most relevant patches first (MoRF) should make the probability fall fast,
     the least relevant first (LeRF) slowly; random order is the reference between them.
     """
-    checked_frame(curves, ["method", "order", "step", "mean", "sem"], "perturbation curves")
+    plot.frame(curves, ["method", "order", "step", "mean", "sem"], "perturbation curves",
+               unique=["method", "order", "step"])
     unknown = sorted(set(curves["order"]) - set(ORDER_STYLES))
     if unknown:
         raise DataError(f"perturbation curves have unknown orders {unknown}; use "
                         f"{list(ORDER_STYLES)}")
-    _unique_rows(curves, ["method", "order", "step"], "perturbation curves")
     methods = list(dict.fromkeys(curves["method"]))
-    colours = _colours(methods)
+    colours = plot.colours(methods)
     figure, axis = plt.subplots(figsize=(6.4, 3.8))
     for method in methods:
         for order, (name, style) in ORDER_STYLES.items():
@@ -379,7 +294,7 @@ def perturbation_curves(curves: pd.DataFrame) -> Figure:
     axis.set_title("deletion curves, mean ± SEM over inputs\n"
                    "(higher AOPC under MoRF = more faithful)",
                    fontsize=10)
-    _legend_outside(axis)
+    plot.legend_outside(axis)
     figure.tight_layout()
     return figure
 
@@ -390,8 +305,8 @@ def sanity_curves(frame: pd.DataFrame) -> Figure:
     A map that stays similar to the original after the weights are destroyed does not explain
     the model (Adebayo et al.'s parameter randomisation test); a good method falls to ~0.
     """
-    checked_frame(frame, ["method", "step", "layer", "similarity", "sem"], "sanity curves")
-    _unique_rows(frame, ["method", "step"], "sanity curves")
+    plot.frame(frame, ["method", "step", "layer", "similarity", "sem"], "sanity curves",
+               unique=["method", "step"])
     layers = frame.drop_duplicates(["step", "layer"])
     clashing = layers["step"][layers["step"].duplicated()]
     if len(clashing):
@@ -400,7 +315,7 @@ def sanity_curves(frame: pd.DataFrame) -> Figure:
     names = {int(step): "original" if step == 0 else str(layer)
              for step, layer in zip(layers["step"], layers["layer"], strict=True)}
     methods = list(dict.fromkeys(frame["method"]))
-    colours = _colours(methods)
+    colours = plot.colours(methods)
     steps = sorted(names)
     figure, axis = plt.subplots(figsize=(max(5.6, 0.45 * len(steps) + 3.0), 4.0))
     lowest = -0.2
@@ -422,6 +337,6 @@ def sanity_curves(frame: pd.DataFrame) -> Figure:
     axis.set_ylabel("Spearman rank correlation\nwith the original map")
     axis.set_title("model parameter randomisation: a faithful map loses its similarity",
                    fontsize=10)
-    _legend_outside(axis)
+    plot.legend_outside(axis)
     figure.tight_layout()
     return figure

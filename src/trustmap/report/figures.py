@@ -1,32 +1,19 @@
-"""Figures drawn with matplotlib's non-interactive backend and saved atomically."""
+"""Figures of a run (``RunResults``) and of a dataset's classes; each draws one concept."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import auc, roc_curve
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import auc, roc_curve  # noqa: E402
-
-from trustmap.atomic import write_atomic  # noqa: E402
-from trustmap.data.dataset import Dataset  # noqa: E402
-from trustmap.report.results import RunResults  # noqa: E402
-
-
-def save_figure(figure: Figure, path: Path | str, dpi: int = 120) -> Path:
-    """Save atomically and close the figure, so a failed save leaves nothing half-written."""
-    try:
-        return write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight",
-                                                             format=Path(path).suffix[1:]))
-    finally:
-        plt.close(figure)
+from trustmap.data.dataset import Dataset
+from trustmap.report import plot
+from trustmap.report.plot import save_figure as save_figure  # where the CLI imports it from
+from trustmap.report.results import RunResults
 
 
 def class_grid(dataset: Dataset, per_class: int = 10, max_classes: int = 10) -> Figure:
@@ -37,15 +24,10 @@ def class_grid(dataset: Dataset, per_class: int = 10, max_classes: int = 10) -> 
     for row, label in enumerate(classes):
         index = (dataset.labels == label).nonzero().flatten()[:per_class]
         for col in range(per_class):
-            axis = axes[row, col]
-            axis.set_xticks([])
-            axis.set_yticks([])
-            for spine in axis.spines.values():
-                spine.set_visible(False)
+            plot.bare(axes[row, col])
             if col < len(index):
-                image = dataset.images[index[col]]
-                shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
-                axis.imshow(torch.as_tensor(shown).numpy(), cmap="gray", vmin=0, vmax=1)
+                plot.show_image(axes[row, col], plot.images(dataset.images[index[col]],
+                                                            "image", 3, "[C, H, W]"))
         axes[row, 0].set_ylabel(dataset.classes[label], rotation=0, ha="right", va="center")
     figure.suptitle(f"{dataset.name} ({dataset.split}, {len(dataset)} images)")
     return figure
@@ -83,16 +65,8 @@ def compared_sets(results: RunResults) -> list[str]:
     return [name for name in dataset_order(results) if not name.startswith("noise:")]
 
 
-def _legend_outside(axis: Any, **kwargs: Any) -> None:
-    """A legend to the right of the axes, so many sets never cover the data."""
-    axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                borderaxespad=0.0, **kwargs)
-
-
 def _colours(results: RunResults) -> dict[str, Any]:
-    palette = plt.get_cmap("tab20").colors
-    names = dict.fromkeys(compared_sets(results) + dataset_order(results))  # compared first
-    return {name: palette[i % len(palette)] for i, name in enumerate(names)}
+    return plot.colours(compared_sets(results) + dataset_order(results))  # compared first
 
 
 def _finite(values: pd.Series) -> np.ndarray:
@@ -115,7 +89,7 @@ def measure_histogram(results: RunResults, measure: str, predictive: str) -> Fig
     axis.set_xlabel(f"{measure} (higher = more uncertain)")
     axis.set_ylabel("density")
     axis.set_title(f"{measure} under {predictive}")
-    _legend_outside(axis)
+    plot.legend_outside(axis)
     return figure
 
 
@@ -139,7 +113,7 @@ def confidence_scatter(results: RunResults, measure: str, predictive: str,
     axis.set_xlabel("confidence (mean probability of the predicted class)")
     axis.set_ylabel(measure)
     axis.set_title(f"confidence vs {measure} under {predictive}")
-    _legend_outside(axis, markerscale=2.5)
+    plot.legend_outside(axis, markerscale=2.5)
     return figure
 
 
@@ -235,9 +209,9 @@ def extreme_inputs(results: RunResults, dataset: str, predictive: str, measure: 
         for axis in axes.flat:
             axis.set_axis_off()
         for axis, (_, row) in zip(axes.flat, block.iterrows(), strict=False):
-            image = images[int(row["index"])]
-            shown = image[0] if image.shape[0] == 1 else image.permute(1, 2, 0)
-            axis.imshow(shown.numpy(), cmap="gray", vmin=0, vmax=1)
+            index = int(row["index"])
+            plot.show_image(axis, plot.images(images[index], f"images[{dataset!r}][{index}]", 3,
+                                              "[C, H, W]"))
             predicted = int(row[sample_column(predictive, "predicted")])
             axis.set_title(f"pred {predicted}\n{row[column]:.3f}", fontsize=7)
         sub.suptitle(f"{dataset}: {title} by {measure} under {predictive}", fontsize=10)

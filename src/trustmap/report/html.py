@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from trustmap.atomic import write_atomic
 from trustmap.errors import TrustmapError
-from trustmap.report import explain_figures, figures, influence_figures, latent_figures
+from trustmap.report import explain_figures, figures, influence_figures, latent_figures, plot
 from trustmap.report.results import (
     ADVERSARIAL_COLUMNS,
     AOPC_COLUMNS,
@@ -143,7 +143,7 @@ def write_page(page: Path, plan: Callable[[], list[Section]],
         sections = plan()
         for number, (section, name, caption, draw) in enumerate(_jobs(sections), start=1):
             filename = f"{prefix}{number:02d}-{_slug(name)}.png"
-            figures.save_figure(draw(), staging / filename)
+            plot.save_figure(draw(), staging / filename)
             section.drawn.append(FigureRef(f"{FIGURES_DIR}/{filename}", caption))
         text = render(sections)
         figures_dir.mkdir(exist_ok=True)

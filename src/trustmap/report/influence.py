@@ -19,7 +19,7 @@ import torch
 
 from trustmap.errors import DataError
 from trustmap.explain.influence import ALPHA
-from trustmap.report import influence_figures
+from trustmap.report import influence_figures, plot
 from trustmap.report.html import (
     Section,
     Table,
@@ -202,7 +202,7 @@ def _plan_figures(results: InfluenceResults) -> list[Section]:
     constant, missed = results.constant, results.not_converged
     masks = (f"grey: the {int(constant.sum())} constant pixels (exactly 0); ×: the "
              f"{int(missed.sum())} pixels whose tilt did not converge at some τ")
-    limit = influence_figures.shared_limit(results.influence)
+    limit = plot.limit(results.influence)
     sections["influence"].jobs.append((
         "influence", f"change of the ensemble's mean probability of each class when the pixel "
         f"goes from its low to its high side (τ = +1 minus τ = −1): red, the class gains; "

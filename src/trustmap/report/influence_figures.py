@@ -13,21 +13,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import matplotlib
+import numpy as np
+import torch
+from matplotlib import patheffects
+from matplotlib.colors import Colormap, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib import patheffects  # noqa: E402
-from matplotlib.colors import Colormap, Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from trustmap.errors import DataError  # noqa: E402
-from trustmap.report.explain_figures import SIGNED_CMAP, SPREAD_CMAP  # noqa: E402
-from trustmap.report.latent_figures import class_colours  # noqa: E402
-from trustmap.uncertainty import MEASURES  # noqa: E402
+from trustmap.errors import DataError
+from trustmap.report import plot
+from trustmap.report.plot import SIGNED_CMAP, SPREAD_CMAP
+from trustmap.uncertainty import MEASURES
 
 CONSTANT_COLOUR = "0.72"
 """Constant pixels: a mid grey, apart from the white centre of the diverging scale."""
@@ -61,17 +58,6 @@ def change_label(name: str) -> str:
 # --- checks and small helpers
 
 
-def _array(value: Any, what: str, ndim: int, layout: str) -> np.ndarray:
-    """``value`` as a finite float array of ``ndim`` dimensions, or a DataError naming it."""
-    array = torch.as_tensor(value).detach().cpu().to(torch.float64).numpy()
-    if array.ndim != ndim or array.size == 0:
-        raise DataError(f"{what} has shape {tuple(array.shape)}; expected {layout}")
-    if not np.isfinite(array).all():
-        raise DataError(f"{what} holds NaN or infinite values; fix the computation that made it "
-                        "before drawing it")
-    return array
-
-
 def _mask(value: Any, what: str, shape: tuple[int, ...]) -> np.ndarray:
     """A bool mask of ``shape`` (the maps' pixels)."""
     mask = torch.as_tensor(value).detach().cpu()
@@ -79,28 +65,6 @@ def _mask(value: Any, what: str, shape: tuple[int, ...]) -> np.ndarray:
         raise DataError(f"{what} is {mask.dtype} of shape {tuple(mask.shape)}; expected a bool "
                         f"mask of the maps' shape {shape}")
     return mask.numpy()
-
-
-def shared_limit(maps: Any) -> float:
-    """The largest |value| over all ``maps`` (a tensor, or a sequence or mapping of them).
-
-    One scale [-m, m] for every panel is what lets their colours be compared; it is 0 only
-    where every map is 0.
-    """
-    parts = list(maps.values()) if isinstance(maps, Mapping) else \
-        list(maps) if isinstance(maps, list | tuple) else [maps]
-    arrays = [torch.as_tensor(part).detach().cpu().to(torch.float64) for part in parts]
-    if not arrays or all(array.numel() == 0 for array in arrays):
-        raise DataError("no map values given; pass at least one non-empty map")
-    if not all(bool(torch.isfinite(array).all()) for array in arrays):
-        raise DataError("the maps hold NaN or infinite values; a scale would hide them")
-    return max(float(array.abs().max()) for array in arrays if array.numel())
-
-
-def _symmetric(limit: float) -> Normalize:
-    """[-limit, limit], or [-1, 1] for all-zero maps, so imshow never gets an empty range."""
-    limit = limit if limit > 0 else 1.0
-    return Normalize(-limit, limit)
 
 
 def _cmap(name: str) -> Colormap:
@@ -134,23 +98,12 @@ def _mask_legend(figure: Figure, constant: np.ndarray, missed: np.ndarray) -> No
                   fontsize="x-small")
 
 
-def _grid(count: int, columns: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
-    """Panels in rows of ``columns``; the unused ones hidden."""
-    columns = min(count, columns)
-    rows = -(-count // columns)
-    figure, axes = plt.subplots(rows, columns, squeeze=False, layout="constrained",
-                                figsize=(width * columns + 1.4, height * rows + 1.0))
-    for axis in axes.flat[count:]:
-        axis.set_visible(False)
-    return figure, axes
-
-
 # --- 1. one map per class, one scale
 
 
 def _class_maps(maps: Any, classes: Sequence[str], constant: Any, not_converged: Any,
                 what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    values = _array(maps, what, 3, "[K, H, W] one map per class")
+    values = plot.array(maps, what, 3, "[K, H, W] one map per class")
     if len(classes) != len(values):
         raise DataError(f"{len(classes)} class names for {len(values)} maps in {what}; give one "
                         "name per map")
@@ -162,7 +115,7 @@ def _class_maps(maps: Any, classes: Sequence[str], constant: Any, not_converged:
 def _class_panels(values: np.ndarray, classes: Sequence[str], constant: np.ndarray,
                   missed: np.ndarray, cmap: str, norm: Normalize, label: str,
                   title: str) -> Figure:
-    figure, axes = _grid(len(values), MAP_COLUMNS, 1.7, 1.85)
+    figure, axes = plot.panels(len(values), MAP_COLUMNS, 1.7, 1.85)
     shown = None
     for axis, name, plane in zip(axes.flat, classes, values, strict=False):
         shown = _show(axis, plane, constant, _cmap(cmap), norm)
@@ -185,7 +138,7 @@ def influence_maps(maps: Any, classes: Sequence[str], constant: Any, not_converg
     """
     values, still, missed = _class_maps(maps, classes, constant, not_converged, "maps")
     return _class_panels(values, classes, still, missed, SIGNED_CMAP,
-                         _symmetric(shared_limit(values)),
+                         plot.symmetric(plot.limit(values)),
                          "change of mean probability, τ = +1 minus τ = −1 (shared scale)", title)
 
 
@@ -210,18 +163,16 @@ def change_maps(maps: Mapping[str, Any], labels: Mapping[str, str], constant: An
     with its own colorbar labelled ``labels[name]``: metrics differ in units and range."""
     if not maps:
         raise DataError("no maps given; pass at least one name -> [H, W] map")
-    planes = {name: _array(value, f"maps[{name!r}]", 2, "[H, W] one value per pixel")
+    planes = {name: plot.array(value, f"maps[{name!r}]", 2, "[H, W] one value per pixel")
               for name, value in maps.items()}
     shape = next(iter(planes.values())).shape
     for name, plane in planes.items():
-        if plane.shape != shape:
-            raise DataError(f"maps[{name!r}] has shape {plane.shape} but the first map {shape}; "
-                            "they must describe the same pixels")
+        plot.same_shape(plane, shape, f"maps[{name!r}]", "the first map")
     still = _mask(constant, "constant", shape)
     missed = _mask(not_converged, "not_converged", shape)
-    figure, axes = _grid(len(planes), 3, 3.1, 2.9)
+    figure, axes = plot.panels(len(planes), 3, 3.1, 2.9)
     for axis, (name, plane) in zip(axes.flat, planes.items(), strict=False):
-        shown = _show(axis, plane, still, _cmap(SIGNED_CMAP), _symmetric(shared_limit(plane)))
+        shown = _show(axis, plane, still, _cmap(SIGNED_CMAP), plot.symmetric(plot.limit(plane)))
         _mark_missed(axis, missed)
         axis.set_title(name, fontsize=10)
         bar = figure.colorbar(shown, ax=axis, shrink=0.85)
@@ -246,35 +197,33 @@ def influence_curves(targets: Any, values: Any, converged: Any,
     in each curve panel a dotted line marks the pixel's test-set mean (tau = 0) and black x
     the points whose tilt did not converge.
     """
-    goal = _array(targets, "targets", 2, "[T, Q] target means")
+    goal = plot.array(targets, "targets", 2, "[T, Q] target means")
     count = len(pixels)
     if goal.shape[1] != count or count == 0:
         raise DataError(f"targets has shape {goal.shape} for {count} pixels; expected [T, Q] "
                         "with Q the number of pixels, at least one")
-    probability = _array(values, "values", 3, f"[T, Q, K] = [{goal.shape[0]}, {count}, "
+    probability = plot.array(values, "values", 3, f"[T, Q, K] = [{goal.shape[0]}, {count}, "
                          f"{len(classes)}]")
     if probability.shape != (*goal.shape, len(classes)):
         raise DataError(f"values has shape {probability.shape}; expected [T, Q, K] = "
                         f"{(*goal.shape, len(classes))}, one probability per class")
     done = _mask(converged, "converged", goal.shape)
-    picture = _array(mean_image, "mean_image", 2, "[H, W]")
+    picture = plot.array(mean_image, "mean_image", 2, "[H, W]")
     height, width = picture.shape
     for row, column in pixels:
         if not (0 <= row < height and 0 <= column < width):
             raise DataError(f"curve pixel ({row}, {column}) lies outside the {height}x{width} "
                             "mean image")
-    colours = class_colours(classes)
-    figure, axes = _grid(count + 1, CURVE_COLUMNS, 3.0, 2.6)
+    colours = plot.palette(len(classes))
+    figure, axes = plot.panels(count + 1, CURVE_COLUMNS, 3.0, 2.6)
     axis = axes.flat[0]
-    axis.imshow(np.clip(picture, 0.0, 1.0), cmap="gray", vmin=0.0, vmax=1.0,
-                interpolation="nearest")
+    plot.show_image(axis, np.clip(picture, 0.0, 1.0))
     axis.scatter([c for _, c in pixels], [r for r, _ in pixels], s=40, facecolors="none",
                  edgecolors="red", linewidths=1.2)
     for number, (row, column) in enumerate(pixels, start=1):
         axis.annotate(str(number), (column, row), xytext=(4, 4), textcoords="offset points",
                       color="red", fontsize=9, fontweight="bold")
-    axis.set_xticks([])
-    axis.set_yticks([])
+    plot.bare(axis)
     axis.set_title("mean image, curve pixels", fontsize=9)
     for number, (axis, (row, column)) in enumerate(zip(axes.flat[1:], pixels, strict=False)):
         order = np.argsort(goal[:, number], kind="stable")

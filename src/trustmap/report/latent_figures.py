@@ -12,19 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from scipy.spatial import ConvexHull, QhullError
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from scipy.spatial import ConvexHull, QhullError  # noqa: E402
-
-from trustmap.errors import DataError  # noqa: E402
+from trustmap.errors import DataError
+from trustmap.report import plot
 
 MAP_CMAP = "gray"
 """Uncertainty maps: black is the lowest score (confident), white the highest."""
@@ -37,46 +35,9 @@ TILE_GAP = 2
 """Pixels of white between the images of a strip."""
 MIN_COLUMNS = 6
 """Tile slots of the confident-image figure at least, so a short row keeps its tiles' size."""
-GREY_STAND_INS = ("#f5c400", "#ffe680")
-"""Class colours in place of the palette's greys, which would vanish on the gray maps."""
 
 
 # --- checks and small helpers
-
-
-def _array(value: Any, what: str, ndim: int, layout: str) -> np.ndarray:
-    """``value`` as a finite float array of ``ndim`` dimensions, or a DataError naming it."""
-    array = torch.as_tensor(value).detach().cpu().to(torch.float64).numpy()
-    if array.ndim != ndim:
-        raise DataError(f"{what} has shape {tuple(array.shape)}; expected {layout}")
-    if not np.isfinite(array).all():
-        raise DataError(f"{what} holds NaN or infinite values; fix the computation that made it "
-                        "before drawing it")
-    return array
-
-
-def _images(value: Any, what: str, ndim: int, layout: str) -> np.ndarray:
-    """Images in [0, 1] with the channel axis last ([..., H, W] gray or [..., H, W, 3])."""
-    array = _array(value, what, ndim, layout)
-    channels = array.shape[-3]
-    if channels not in (1, 3) or array.size == 0:
-        raise DataError(f"{what} has shape {tuple(array.shape)}; expected {layout} with 1 (gray) "
-                        "or 3 (RGB) channels and at least one image")
-    array = np.clip(np.moveaxis(array, -3, -1), 0.0, 1.0)
-    return array[..., 0] if channels == 1 else array
-
-
-def _show(axis: Any, picture: np.ndarray, **kwargs: Any) -> Any:
-    """A gray [H, W] or RGB [H, W, 3] picture in [0, 1], drawn as it is."""
-    gray = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if picture.ndim == 2 else {}
-    return axis.imshow(picture, interpolation="nearest", **gray, **kwargs)
-
-
-def _bare(axis: Any) -> None:
-    axis.set_xticks([])
-    axis.set_yticks([])
-    for spine in axis.spines.values():
-        spine.set_visible(False)
 
 
 def _resolution(resolution: int, bound: float) -> None:
@@ -101,20 +62,11 @@ def map_extent(resolution: int, bound: float) -> tuple[float, float, float, floa
 
 def grid_map(values: Any, resolution: int, what: str) -> np.ndarray:
     """Per-point values [R*R] as an [R, R] array whose row i is z1 = axis[i] (origin lower)."""
-    array = _array(values, what, 1, f"[{resolution}*{resolution}] one value per grid point")
+    array = plot.array(values, what, 1, f"[{resolution}*{resolution}] one value per grid point")
     if len(array) != resolution ** 2:
         raise DataError(f"{what} has {len(array)} values; a {resolution}x{resolution} grid has "
                         f"{resolution ** 2} points, in grid order")
     return array.reshape(resolution, resolution)
-
-
-def class_colours(classes: Sequence[str]) -> list[Any]:
-    """One colour per class, by index, the same on every map; none of them gray."""
-    palette = list(plt.get_cmap("tab10" if len(classes) <= 10 else "tab20").colors)
-    greys = [i for i, colour in enumerate(palette) if np.ptp(colour) < 0.01]
-    for index, stand_in in zip(greys, GREY_STAND_INS, strict=False):
-        palette[index] = stand_in
-    return [palette[i % len(palette)] for i in range(len(classes))]
 
 
 def hull_outline(codes: np.ndarray) -> np.ndarray:
@@ -130,7 +82,7 @@ def hull_outline(codes: np.ndarray) -> np.ndarray:
 
 
 def _codes(codes: Any, code_labels: Any, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    points = _array(codes, "codes", 2, "[M, 2] latent codes")
+    points = plot.array(codes, "codes", 2, "[M, 2] latent codes")
     if points.shape[1] != 2 or len(points) < 3:
         raise DataError(f"codes has shape {points.shape}; expected [M, 2] codes of a 2-D latent "
                         "space, at least 3 of them so their convex hull has an area")
@@ -187,7 +139,7 @@ def uncertainty_maps(maps: Mapping[tuple[str, str], Any], predictives: Sequence[
                             f"{resolution ** 2} points")
         marks[predictive] = np.stack([axis_values[index % resolution],
                                       axis_values[index // resolution]], axis=1)
-    colours = class_colours(classes)
+    colours = plot.palette(len(classes))
     rows, columns = len(measures), len(predictives)
     figure, axes = plt.subplots(rows, columns, squeeze=False, sharex=True, sharey=True,
                                 layout="constrained",
@@ -253,7 +205,7 @@ def grid_mosaic(images: Any, resolution: int, bound: float, max_tiles: int = 20,
     upward, like the maps.
     """
     _resolution(resolution, bound)
-    pictures = _images(images, "grid images", 4, "[R*R, C, H, W]")
+    pictures = plot.images(images, "grid images", 4, "[R*R, C, H, W]")
     if len(pictures) != resolution ** 2:
         raise DataError(f"grid images holds {len(pictures)} images; a {resolution}x{resolution} "
                         f"grid has {resolution ** 2}, in grid order")
@@ -268,8 +220,7 @@ def grid_mosaic(images: Any, resolution: int, bound: float, max_tiles: int = 20,
     half = step * bound / (resolution - 1)
     low, high = axis_values[picks[0]] - half, axis_values[picks[-1]] + half
     figure, axis = plt.subplots(figsize=(7.0, 7.0), layout="constrained")
-    gray = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0} if mosaic.ndim == 2 else {}
-    axis.imshow(mosaic, extent=(low, high, low, high), interpolation="antialiased", **gray)
+    plot.show_image(axis, mosaic, extent=(low, high, low, high), interpolation="antialiased")
     axis.set_xlabel("z0")
     axis.set_ylabel("z1")
     shown = f"{count}x{count} of the {resolution}x{resolution} grid points" + (
@@ -296,7 +247,7 @@ def confident_images(images: Mapping[str, Any], captions: Mapping[str, Sequence[
         if pictures.ndim == 4 and len(pictures) == 0:
             rows[name] = np.zeros((0, 1, 1))
             continue
-        rows[name] = _images(value, f"images[{name!r}]", 4, "[K, C, H, W]")
+        rows[name] = plot.images(value, f"images[{name!r}]", 4, "[K, C, H, W]")
         if name not in captions or len(captions[name]) != len(rows[name]):
             got = len(captions[name]) if name in captions else "no"
             raise DataError(f"{got} captions for the {len(rows[name])} images of {name!r}; give "
@@ -307,10 +258,10 @@ def confident_images(images: Mapping[str, Any], captions: Mapping[str, Sequence[
     for row, (name, pictures) in enumerate(rows.items()):
         for column in range(columns):
             axis = axes[row, column]
-            _bare(axis)
+            plot.bare(axis)
             axis.patch.set_visible(False)  # the note of an empty row runs across its slots
             if column < len(pictures):
-                _show(axis, pictures[column])
+                plot.show_image(axis, pictures[column])
                 axis.set_xlabel(captions[name][column], fontsize=8, labelpad=2)
         axes[row, 0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
         if not len(pictures):
@@ -346,7 +297,7 @@ def interpolation(strips: Mapping[str, Any], scores: Mapping[tuple[str, str, str
     """
     if not strips or not lines or not measures:
         raise DataError("interpolation needs at least one path, one line and one measure")
-    pictures = {path: _images(value, f"strips[{path!r}]", 4, "[steps, C, H, W]")
+    pictures = {path: plot.images(value, f"strips[{path!r}]", 4, "[steps, C, H, W]")
                 for path, value in strips.items()}
     curves = {}
     for path, images in pictures.items():
@@ -358,12 +309,11 @@ def interpolation(strips: Mapping[str, Any], scores: Mapping[tuple[str, str, str
                 if key not in scores:
                     raise DataError(f"scores has none for {key}; give [steps] scores per path, "
                                     "line and measure")
-                curves[key] = _array(scores[key], f"scores[{key}]", 1, "[steps]")
+                curves[key] = plot.array(scores[key], f"scores[{key}]", 1, "[steps]")
                 if len(curves[key]) != len(images):
                     raise DataError(f"scores[{key}] has {len(curves[key])} values for "
                                     f"{len(images)} steps; give one per step")
-    palette = plt.get_cmap("tab10").colors
-    styles = ["-", "--", ":", "-."]
+    colours = plot.palette(len(lines))
     figure, axes = plt.subplots(1 + len(measures), len(pictures), squeeze=False,
                                 layout="constrained", sharey="row",
                                 height_ratios=[1.0] + [1.5] * len(measures),
@@ -375,7 +325,7 @@ def interpolation(strips: Mapping[str, Any], scores: Mapping[tuple[str, str, str
         strip = np.concatenate([part for index in picks for part in (images[index], gap)][:-1],
                                axis=1)
         axis = axes[0, column]
-        _show(axis, strip, aspect="equal")
+        plot.show_image(axis, strip, aspect="equal")
         axis.set_xticks([i * (width + TILE_GAP) + (width - 1) / 2 for i in range(len(picks))],
                         [f"{index / (len(images) - 1):.2f}" for index in picks], fontsize=7)
         axis.set_yticks([])
@@ -385,9 +335,7 @@ def interpolation(strips: Mapping[str, Any], scores: Mapping[tuple[str, str, str
         for row, measure in enumerate(measures, start=1):
             axis = axes[row, column]
             for number, line in enumerate(lines):
-                axis.plot(positions, curves[path, line, measure],
-                          color=palette[number % len(palette)],
-                          linestyle=styles[(number // len(palette)) % len(styles)],
+                axis.plot(positions, curves[path, line, measure], color=colours[number],
                           linewidth=1.4, marker="o", markersize=2, label=line)
             axis.axvline(0.5, color="0.5", linestyle=":", linewidth=1.0)
             axis.set_xlim(0.0, 1.0)
@@ -408,9 +356,8 @@ def midpoint_histograms(scores: Mapping[tuple[str, str], Any], measures: Sequenc
     per path over shared bins, medians dashed."""
     if not measures or not paths:
         raise DataError("no measures or no paths given; name at least one of each")
-    palette = plt.get_cmap("tab10").colors
-    colours = {path: PATH_COLOURS.get(path, palette[i % len(palette)])
-               for i, path in enumerate(paths)}
+    colours = {path: PATH_COLOURS.get(path, colour)
+               for path, colour in zip(paths, plot.palette(len(paths)), strict=True)}
     figure, axes = plt.subplots(1, len(measures), squeeze=False, layout="constrained",
                                 figsize=(3.8 * len(measures) + 0.4, 3.1))
     for axis, measure in zip(axes[0], measures, strict=True):
@@ -419,11 +366,8 @@ def midpoint_histograms(scores: Mapping[tuple[str, str], Any], measures: Sequenc
             if (measure, path) not in scores:
                 raise DataError(f"scores has none for ({measure!r}, {path!r}); give [pairs] "
                                 "midpoint scores per measure and path")
-            values[path] = _array(scores[measure, path], f"scores[{measure!r}, {path!r}]", 1,
+            values[path] = plot.array(scores[measure, path], f"scores[{measure!r}, {path!r}]", 1,
                                   "[pairs]")
-            if not len(values[path]):
-                raise DataError(f"scores[{measure!r}, {path!r}] is empty; there is nothing to "
-                                "draw")
         edges = np.histogram_bin_edges(np.concatenate(list(values.values())), bins=bins)
         for path, scored in values.items():
             median = float(np.median(scored))

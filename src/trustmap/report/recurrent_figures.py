@@ -11,19 +11,17 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from trustmap.errors import DataError  # noqa: E402
-from trustmap.report.explain_figures import SIGNED_CMAP, checked_frame  # noqa: E402
+from trustmap.errors import DataError
+from trustmap.report import plot
+from trustmap.report.plot import SIGNED_CMAP
 
 CELL_WIDTH = 2.3
 """Inches of one map of the heatmap grid: a 28x84 input is three times wider than high."""
@@ -35,22 +33,9 @@ REGION_COLOUR = "#2ca02c"
 """The data region: its outline on the inputs and the shaded ideal steps of the profile."""
 
 
-def method_colours(methods: Sequence[str]) -> dict[str, Any]:
-    """One colour per method, by position, so every figure of a page agrees."""
-    palette = plt.get_cmap("tab10").colors
-    return {method: palette[i % len(palette)] for i, method in enumerate(methods)}
-
-
 def _plane(value: torch.Tensor, what: str) -> np.ndarray:
-    """A [1, H, W] or [H, W] tensor as a finite float [H, W] array (channels summed)."""
-    array = torch.as_tensor(value).detach().cpu().to(torch.float64)
-    if array.ndim == 3:
-        array = array.sum(0)
-    if array.ndim != 2 or array.numel() == 0:
-        raise DataError(f"{what} has shape {tuple(value.shape)}; expected [C, H, W] or [H, W]")
-    if not torch.isfinite(array).all():
-        raise DataError(f"{what} holds NaN or infinite values; fix the computation that made it")
-    return array.numpy()
+    """A [C, H, W] map as a finite float [H, W] array, its channels summed."""
+    return plot.array(value, what, 3, "[C, H, W]").sum(0)
 
 
 def _outline(axis: Any, mask: np.ndarray, colour: Any, width: float) -> None:
@@ -62,24 +47,6 @@ def _outline(axis: Any, mask: np.ndarray, colour: Any, width: float) -> None:
     lines.set_clip_on(False)  # on the image's edge half of the line would lie outside
     axis.set_xlim(-0.5, width_px - 0.5)
     axis.set_ylim(height - 0.5, -0.5)
-
-
-def _bare(axis: Any) -> None:
-    axis.set_xticks([])
-    axis.set_yticks([])
-
-
-def _panels(count: int, columns: int = 3, width: float = 3.6,
-            height: float = 2.8) -> tuple[Figure, np.ndarray]:
-    """A grid of ``count`` panels sharing both axes; the unused ones hidden."""
-    columns = min(count, columns)
-    rows = -(-count // columns)
-    figure, axes = plt.subplots(rows, columns, squeeze=False, sharex=True, sharey=True,
-                                layout="constrained",
-                                figsize=(width * columns + 1.8, height * rows + 0.5))
-    for axis in axes.flat[count:]:
-        axis.set_visible(False)
-    return figure, axes
 
 
 def heatmap_grid(image: torch.Tensor, mask: torch.Tensor,
@@ -95,15 +62,12 @@ def heatmap_grid(image: torch.Tensor, mask: torch.Tensor,
     """
     if not architectures or not methods:
         raise DataError("no architectures or no methods given; name at least one of each")
-    picture = torch.as_tensor(image).detach().cpu().to(torch.float64)
-    if picture.ndim != 3 or picture.shape[0] != 1:
-        raise DataError(f"image has shape {tuple(picture.shape)}; expected one gray [1, H, W]")
-    shown = _plane(picture, "image")
-    region = torch.as_tensor(mask).detach().cpu()
-    region = (region[0] if region.ndim == 3 else region).numpy().astype(bool)
-    if region.shape != shown.shape:
-        raise DataError(f"mask has shape {region.shape} but the image {shown.shape}; they must "
-                        "describe the same pixels")
+    shown = plot.images(image, "image", 3, "one gray [1, H, W]")
+    if shown.ndim != 2:
+        raise DataError(f"image has shape {tuple(image.shape)}; expected one gray [1, H, W]")
+    region = torch.as_tensor(mask).detach().cpu().numpy().astype(bool)
+    plot.same_shape(region, (1, *shown.shape), "mask", "the image")
+    region = region[0]
     planes = {}
     for architecture in architectures:
         for method in methods:
@@ -112,10 +76,8 @@ def heatmap_grid(image: torch.Tensor, mask: torch.Tensor,
                                 "map per architecture and method")
             planes[architecture, method] = _plane(maps[architecture, method],
                                                   f"maps[{architecture!r}, {method!r}]")
-            if planes[architecture, method].shape != shown.shape:
-                raise DataError(f"maps[{architecture!r}, {method!r}] is "
-                                f"{planes[architecture, method].shape} but the image "
-                                f"{shown.shape}; they must describe the same pixels")
+            plot.same_shape(planes[architecture, method], shown.shape,
+                            f"maps[{architecture!r}, {method!r}]", "the image")
     height, width = shown.shape
     rows, columns = len(architectures), 1 + len(methods)
     cell = CELL_WIDTH * height / width + 0.3
@@ -123,21 +85,19 @@ def heatmap_grid(image: torch.Tensor, mask: torch.Tensor,
                                 figsize=(CELL_WIDTH * columns + 1.3, cell * rows + 1.2))
     for row, architecture in enumerate(architectures):
         axis = axes[row, 0]
-        axis.imshow(shown, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+        plot.show_image(axis, shown)
         _outline(axis, region, REGION_COLOUR, 1.6)
-        for spine in axis.spines.values():
-            spine.set_visible(False)
         axis.set_ylabel(architecture, rotation=0, ha="right", va="center", fontsize=10)
         for column, method in enumerate(methods, start=1):
             axis = axes[row, column]
             values = planes[architecture, method]
-            largest = float(np.abs(values).max()) or 1.0
-            axis.imshow(values, cmap=SIGNED_CMAP, vmin=-largest, vmax=largest,
+            largest = plot.limit(values) or 1.0
+            axis.imshow(values, cmap=SIGNED_CMAP, norm=plot.symmetric(largest),
                         interpolation="nearest")
             _outline(axis, region, "0.25", 0.6)
             axis.set_xlabel(f"±{largest:.2g}", fontsize=7, labelpad=1)
     for axis in axes.flat:
-        _bare(axis)
+        plot.bare(axis)
     axes[0, 0].set_title("input\n(data region outlined)", fontsize=9)
     for column, method in enumerate(methods, start=1):
         axes[0, column].set_title(textwrap.fill(method, 24), fontsize=10)
@@ -156,8 +116,8 @@ def region_shares(region: pd.DataFrame, architectures: Sequence[str], methods: S
     Error bars are ± the standard error over inputs; the dashed line is what a map without
     information about the input's content scores.
     """
-    checked_frame(region, ["architecture", "method", "share", "sem"], "region shares")
-    colours = method_colours(methods)
+    plot.frame(region, ["architecture", "method", "share", "sem"], "region shares")
+    colours = plot.colours(methods)
     positions = {architecture: i for i, architecture in enumerate(architectures)}
     figure, axis = plt.subplots(figsize=(max(5.0, 0.9 * len(architectures) + 2.6), 3.8),
                                 layout="constrained")
@@ -185,8 +145,7 @@ def region_shares(region: pd.DataFrame, architectures: Sequence[str], methods: S
     axis.set_xlabel("architecture")
     axis.set_ylabel("share of positive relevance\nin the data region")
     axis.set_title("relevance on the two class-c blocks (higher is better)", fontsize=10)
-    axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                borderaxespad=0.0)
+    plot.legend_outside(axis)
     return figure
 
 
@@ -197,12 +156,13 @@ def step_profiles(steps: pd.DataFrame, architectures: Sequence[str], methods: Se
     The first ``ideal_steps`` steps (shaded) are where a perfect map puts all of it; the dotted
     line is a map spread evenly over the steps.
     """
-    checked_frame(steps, ["architecture", "method", "step", "share"], "step profiles")
+    plot.frame(steps, ["architecture", "method", "step", "share"], "step profiles")
     last = int(steps["step"].max())
     if not 0 <= ideal_steps <= last:
         raise DataError(f"ideal_steps={ideal_steps} lies outside the profile's steps 1..{last}")
-    colours = method_colours(methods)
-    figure, axes = _panels(len(architectures))
+    colours = plot.colours(methods)
+    figure, axes = plot.panels(len(architectures), 3, 3.6, 2.8, margin=1.8,
+                               sharex=True, sharey=True)
     for axis, architecture in zip(axes.flat, architectures, strict=False):
         axis.axvspan(0.5, ideal_steps + 0.5, color=REGION_COLOUR, alpha=0.12, linewidth=0,
                      label=f"data region (steps 1–{ideal_steps})")
@@ -232,22 +192,17 @@ def aopc_curves(curves: pd.DataFrame, architectures: Sequence[str],
     Each method's most-relevant-first (MoRF) curve is solid in its colour; a random order is
     the dashed grey reference: a faithful map falls below it, and fast.
     """
-    checked_frame(curves, ["architecture", "method", "order", "step", "mean"],
-                  "perturbation curves")
+    keys = ["architecture", "method", "order", "step"]
+    plot.frame(curves, [*keys, "mean"], "perturbation curves", unique=keys)
     unknown = sorted(set(curves["order"]) - set(ORDER_STYLES) - {RANDOM_ORDER})
     if unknown:
         raise DataError(f"perturbation curves have unknown orders {unknown}; use "
                         f"{[*ORDER_STYLES, RANDOM_ORDER]}")
-    keys = ["architecture", "method", "order", "step"]
-    duplicated = curves.duplicated(keys)
-    if duplicated.any():
-        raise DataError(f"perturbation curves have more than one row for "
-                        f"{curves.loc[duplicated, keys].iloc[0].to_dict()}; aggregate them to "
-                        "one row per architecture, method, order and step")
     others = [m for m in dict.fromkeys(curves.loc[curves["order"] != RANDOM_ORDER, "method"])
               if m not in methods]
-    colours = method_colours([*methods, *others])
-    figure, axes = _panels(len(architectures))
+    colours = plot.colours([*methods, *others])
+    figure, axes = plot.panels(len(architectures), 3, 3.6, 2.8, margin=1.8,
+                               sharex=True, sharey=True)
     for axis, architecture in zip(axes.flat, architectures, strict=False):
         rows = curves[curves["architecture"] == architecture]
         random = rows[rows["order"] == RANDOM_ORDER]
