@@ -3,8 +3,10 @@
 Invariant: the relevance at the input ``a`` of every layer is ``a * grad``, where grad is the
 gradient of the explained logit as the rules modify it. Elementwise homogeneous layers (ReLU,
 max- and average-pooling, flatten, dropout, identity) and the residual sum keep this invariant
-with their ordinary gradient, so they need no rule (an unfolded BatchNorm, being affine,
-passes ``a * grad`` and its shift absorbs relevance; see canonize). A layer with weights gets
+with their ordinary gradient, so they need no rule: at a sum ``y = r + s`` both branches get
+y's gradient ``R / y``, so each gets ``R`` in proportion to its value, the z-rule at the
+addition (an unfolded BatchNorm, being affine, passes ``a * grad`` and its shift absorbs
+relevance; see canonize). A layer with weights gets
 its rule through a forward hook that keeps the layer's output value y (later layers see the
 true activations) but reroutes its gradient g: the rule gives modified outputs ``z_k``,
 differentiable in a, and constants ``s_k = c_k y / stabilize(z_k)``, and ``g * s_k`` flows
@@ -12,9 +14,11 @@ back into each z_k. As ``R_out = y * g``, the input gets ``a * grad_a = sum_k c_
 dz_k/da^T (R_out / stabilize(z_k))``: the rule. A weighted layer without a rule propagates
 LRP-0 with its plain gradient.
 
-The first weighted layer of the forward pass is the input layer: its input becomes a leaf, and
-rules that need more than the input (flat and w² on a tensor of ones, z^B on the input bounds)
-get extra leaves, so its input relevance is ``sum(value * grad)`` over all of them.
+The first weighted layer of the forward pass is the input layer, and so is every layer that
+reads the same tensor (a residual block's projection skip). Relevance is taken at that tensor
+itself, so it arrives through everything that reads it (an identity skip too); rules that need
+more than the input (flat and w² on a tensor of ones, z^B on the input bounds) get extra
+leaves, so the input relevance is ``sum(value * grad)`` over the input and all leaves.
 """
 
 from __future__ import annotations
@@ -448,14 +452,10 @@ def propagate(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor,
     check_batchnorm_eval(model)
     names = {module: name for name, module in model.named_modules()
              if isinstance(module, WEIGHTED)}
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"leaves": []}
 
-    def enter(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        if "input" in state:
-            return None
-        leaf = args[0].detach().requires_grad_()
-        state["input"], state["leaves"] = leaf, {}
-        return (leaf, *args[1:])
+    def enter(module: nn.Module, args: tuple[Any, ...]) -> None:
+        state.setdefault("input", args[0])
 
     def modify(module: nn.Module, args: tuple[torch.Tensor, ...],
                output: torch.Tensor) -> torch.Tensor | None:
@@ -465,10 +465,9 @@ def propagate(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor,
             return None
         if chosen.input_only and not is_input:
             raise ConfigError(f"the {chosen.name} rule applies to the input layer only, but "
-                              f"layer {name!r} is not the first weighted layer")
+                              f"layer {name!r} does not read the first weighted layer's input")
         leaves = _leaves(chosen.leaves, args[0], bounds) if is_input else {}
-        if is_input:
-            state["leaves"] = leaves
+        state["leaves"] += leaves.values()
         parts = chosen.parts(module, args[0], output, leaves, output)
         return _Rerouted.apply(output.detach(), tuple(s for _, s in parts),
                                *(z for z, _ in parts))
@@ -477,7 +476,9 @@ def propagate(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor,
     handles += [m.register_forward_hook(modify) for m in names]
     try:
         with torch.enable_grad():
-            logits = model(x)
+            # x is copied from a leaf, so that the input layer's input, whatever reads it (a
+            # residual skip too), is part of the graph, and may still be changed in place
+            logits = model(x.detach().requires_grad_().clone())
             if "input" not in state:
                 raise ConfigError("LRP found no weighted layer (Linear or Conv) in the model")
             if logits.ndim != 2:
@@ -485,7 +486,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor,
                                 f"{list(logits.shape)}")
             targets = as_targets(target, len(x), logits.shape[1]).to(logits.device)
             start = torch.zeros_like(logits).scatter_(1, targets.view(-1, 1), 1.0)
-            inputs = [state["input"], *state["leaves"].values()]
+            inputs = [state["input"], *state["leaves"]]
             grads = torch.autograd.grad(logits, inputs, start, allow_unused=True)
     finally:
         for handle in handles:
