@@ -19,6 +19,11 @@ reads the same tensor (a residual block's projection skip). Relevance is taken a
 itself, so it arrives through everything that reads it (an identity skip too); rules that need
 more than the input (flat and w² on a tensor of ones, z^B on the input bounds) get extra
 leaves, so the input relevance is ``sum(value * grad)`` over the input and all leaves.
+
+The rules are built from small functions of a linear map (contributions, box, shares); an
+explicit backward (the recurrent cells' LRP) applies the same functions one step at a time
+through ``redistribute``, so both engines share the formulas and the zero-denominator
+convention (``stabilize``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +49,13 @@ Part = tuple[torch.Tensor, torch.Tensor]
 
 Chooser = Callable[[str, nn.Module, bool], "Rule | None"]
 """(layer name, layer, whether it is the input layer) -> its rule, or None for LRP-0."""
+
+Layer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""A weighted layer's linear map, ``(input, weight) -> output`` with no bias: ``F.linear``, or
+a convolution with its stride, padding and groups (``partial(apply_layer, module)``)."""
+
+STABILIZER = 1e-6
+"""The epsilon every rule adds to its denominators by default."""
 
 
 def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -72,35 +85,84 @@ def _stackable(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or getattr(module, "groups", 1) == 1
 
 
-def _stacked(module: nn.Module, inputs: Sequence[torch.Tensor],
-             weights: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+def _stacked(layer: Layer, inputs: Sequence[torch.Tensor],
+             weights: Sequence[Sequence[torch.Tensor]], stackable: bool) -> list[torch.Tensor]:
     """Outputs ``sum_i W[k][i] inputs[i]`` for every k (no bias), in one layer call.
 
     Inputs are stacked along the input channels and weights along input and output channels,
     so the modified outputs of a rule cost one call and one backward instead of one each: on a
     CPU the backward of a convolution with one input channel (the pixel layer) costs about 5x
-    its forward, and stacking three one-channel inputs makes three such backwards one.
+    its forward, and stacking the one-channel inputs of a rule makes their backwards one. A
+    layer that cannot stack (a grouped convolution) is called once per input and weight.
     """
+    if not stackable:
+        return [sum(layer(a, w) for a, w in zip(inputs, row, strict=True)) for row in weights]
     if len(inputs) == 1 and len(weights) == 1:
-        return [apply_layer(module, inputs[0], weights[0][0])]
-    channels = -1 if isinstance(module, nn.Linear) else 1
+        return [layer(inputs[0], weights[0][0])]
+    channels = -1 if weights[0][0].ndim == 2 else 1  # a dense layer's features come last
     stacked = torch.cat([torch.cat(list(row), 1) for row in weights], 0)
-    out = apply_layer(module, torch.cat(list(inputs), channels), stacked)
+    out = layer(torch.cat(list(inputs), channels), stacked)
     return list(out.chunk(len(weights), dim=channels))
 
 
-def _split(module: nn.Module, a: torch.Tensor, signed: bool,
-           weights: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
-    """``on_positive a+ + on_negative a-`` (no bias) for each pair of weights, in one call
-    where the layer allows; for inputs >= 0 only ``on_positive a``."""
-    if not _stackable(module):
-        if not signed:
-            return [apply_layer(module, a, up) for up, _ in weights]
-        return [apply_layer(module, a.clamp(min=0), up) + apply_layer(module, a.clamp(max=0), down)
-                for up, down in weights]
-    if not signed:
-        return _stacked(module, [a], [[up] for up, _ in weights])
-    return _stacked(module, [a.clamp(min=0), a.clamp(max=0)], [[up, down] for up, down in weights])
+def contributions(layer: Layer, a: torch.Tensor, weight: torch.Tensor, negative: bool = True,
+                  stackable: bool = True) -> list[torch.Tensor]:
+    """[z+] or, with `negative`, [z+, z-]: per output the sum of its positive contributions
+    ``a_i w_ij``, ``z+ = W+ a+ + W- a-``, and of its negative ones, ``z- = W- a+ + W+ a-`` (no
+    bias); for inputs >= 0 just ``W+ a`` and ``W- a``.
+
+    Each is computed on its own, not as the output minus the other, so where an output has no
+    contribution of a kind its sum is exactly zero and so are the relevance shares it gives.
+    """
+    up, down = weight.clamp(min=0), weight.clamp(max=0)
+    pairs = [[up, down], [down, up]] if negative else [[up, down]]
+    if not bool((a < 0).any()):
+        return _stacked(layer, [a], [pair[:1] for pair in pairs], stackable)
+    return _stacked(layer, [a.clamp(min=0), a.clamp(max=0)], pairs, stackable)
+
+
+def box(layer: Layer, a: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+        weight: torch.Tensor, stackable: bool = True) -> torch.Tensor:
+    """The z^B rule's masses summed per output for inputs in the box [low, high]:
+    ``(a - low) W+ + (a - high) W-`` (no bias). Every term is >= 0 as computed, so a sum is zero
+    only where all its terms are: where the receptive field sits at its least favourable bound.
+    """
+    pair = [weight.clamp(min=0), weight.clamp(max=0)]
+    return _stacked(layer, [a - low, a - high], [pair], stackable)[0]
+
+
+def shares(relevance: torch.Tensor, terms: Sequence[tuple[float | torch.Tensor, torch.Tensor]],
+           epsilon: float) -> list[Part]:
+    """Parts (z, c R / stabilize(z)) for terms (c, z): each term shares the output relevance R
+    in proportion to its contributions; c is a number or a tensor like R."""
+    numerator = relevance.detach()
+    parts = []
+    for coefficient, z in terms:
+        scale = numerator / stabilize(z.detach(), epsilon)
+        if not isinstance(coefficient, float) or coefficient != 1.0:
+            scale = scale.mul_(coefficient)
+        parts.append((z, scale))
+    return parts
+
+
+def _products(values: Sequence[torch.Tensor],
+              grads: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+    """``value * grad`` for each input: its relevance; zeros where the parts do not use it."""
+    return [value.detach() * grad if grad is not None else torch.zeros_like(value)
+            for value, grad in zip(values, grads, strict=True)]
+
+
+def redistribute(build: Callable[..., Sequence[Part]],
+                 *inputs: torch.Tensor) -> list[torch.Tensor]:
+    """One rule step written out, for an explicit backward: the relevance of each input,
+    ``value * d(sum_k z_k . s_k)/d input`` for the parts (z_k, s_k) that `build` makes from
+    copies of the inputs; the hooked pass gets the same through its own backward."""
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in inputs]
+        parts = build(*leaves)
+        grads = torch.autograd.grad([z for z, _ in parts], leaves, [s for _, s in parts],
+                                    allow_unused=True)
+    return _products(leaves, grads)
 
 
 def _number(what: str, value: object, strict: bool = False) -> float:
@@ -119,7 +181,7 @@ class Rule(ABC):
     ``epsilon`` (keyword-only, > 0) stabilises every denominator: ``z + epsilon sign(z)``.
     """
 
-    epsilon: float = field(default=1e-6, kw_only=True)
+    epsilon: float = field(default=STABILIZER, kw_only=True)
     name: ClassVar[str]
     input_only: ClassVar[bool] = False
     """Rules whose relevance is not ``a * grad`` of the real input fit only the input layer."""
@@ -136,16 +198,6 @@ class Rule(ABC):
         ``sum over inputs of value * d(sum_k z_k s_k)/d input``, for output relevance
         `relevance`; y is the layer's real output, differentiable in a."""
 
-    def _shares(self, relevance: torch.Tensor,
-                terms: Sequence[tuple[float, torch.Tensor]]) -> list[Part]:
-        """(z, c R / stabilize(z)) for terms (c, z): each term shares R in proportion."""
-        numerator = relevance.detach()
-        parts = []
-        for coefficient, z in terms:
-            scale = numerator / stabilize(z.detach(), self.epsilon)
-            parts.append((z, scale if coefficient == 1.0 else scale.mul_(coefficient)))
-        return parts
-
 
 @dataclass(frozen=True)
 class Epsilon(Rule):
@@ -156,7 +208,7 @@ class Epsilon(Rule):
 
     def parts(self, module: nn.Module, a: torch.Tensor, y: torch.Tensor,
               leaves: Mapping[str, torch.Tensor], relevance: torch.Tensor) -> list[Part]:
-        return self._shares(relevance, [(1.0, y)])  # z is the layer's own output
+        return shares(relevance, [(1.0, y)], self.epsilon)  # z is the layer's own output
 
 
 @dataclass(frozen=True)
@@ -183,19 +235,17 @@ class AlphaBeta(Rule):
 
     def parts(self, module: nn.Module, a: torch.Tensor, y: torch.Tensor,
               leaves: Mapping[str, torch.Tensor], relevance: torch.Tensor) -> list[Part]:
-        # Both parts are computed on their own, not as y minus the other: where one of them is
-        # zero its contributions stay exactly zero, however large R / epsilon gets.
         weight, bias = module.weight, module.bias if self.bias else None
-        up, down, signed = weight.clamp(min=0), weight.clamp(max=0), bool((a < 0).any())
-        pairs = [(up, down)] if self.beta == 0 else [(up, down), (down, up)]
-        parts = _split(module, a, signed, pairs)
+        parts = contributions(partial(apply_layer, module), a, weight, negative=self.beta != 0,
+                              stackable=_stackable(module))
         if bias is not None:  # b+ joins the positive part, b- the negative one
             parts = [part + _shaped_bias(module, b, part) for part, b
                      in zip(parts, (bias.clamp(min=0), bias.clamp(max=0)), strict=False)]
-        return self._shares(relevance, list(zip((self.alpha, -self.beta), parts, strict=False)))
+        return shares(relevance, list(zip((self.alpha, -self.beta), parts, strict=False)),
+                      self.epsilon)
 
 
-def zplus(epsilon: float = 1e-6) -> AlphaBeta:
+def zplus(epsilon: float = STABILIZER) -> AlphaBeta:
     """The z+ rule of deep Taylor decomposition: alpha1-beta0 (defined for signed inputs too)."""
     return AlphaBeta(1.0, 0.0, epsilon=epsilon)
 
@@ -255,7 +305,7 @@ class Flat(Rule):
     def parts(self, module: nn.Module, a: torch.Tensor, y: torch.Tensor,
               leaves: Mapping[str, torch.Tensor], relevance: torch.Tensor) -> list[Part]:
         z = apply_layer(module, leaves["ones"], torch.ones_like(module.weight))
-        return self._shares(relevance, [(1.0, z)])
+        return shares(relevance, [(1.0, z)], self.epsilon)
 
 
 @dataclass(frozen=True)
@@ -270,16 +320,15 @@ class WSquare(Rule):
     def parts(self, module: nn.Module, a: torch.Tensor, y: torch.Tensor,
               leaves: Mapping[str, torch.Tensor], relevance: torch.Tensor) -> list[Part]:
         z = apply_layer(module, leaves["ones"], module.weight.square())
-        return self._shares(relevance, [(1.0, z)])
+        return shares(relevance, [(1.0, z)], self.epsilon)
 
 
 @dataclass(frozen=True)
 class ZBox(Rule):
     """The z^B rule for bounded inputs l <= a <= h (input layer only):
-    ``R = a W^T s - l W+^T s - h W-^T s``, ``s = R_out / (W a - W+ l - W- h)``.
-
-    The bias is left out (as in Zennit, where the bias terms cancel); the denominator is >= 0
-    and zero only where the whole receptive field sits at its least favourable bound.
+    ``R = a W^T s - l W+^T s - h W-^T s``, ``s = R_out / (W a - W+ l - W- h)``, the denominator
+    summed as the masses ``(a - l) W+ + (a - h) W- >= 0`` (see box). The bias is left out (as in
+    Zennit, where the bias terms cancel).
     """
 
     name: ClassVar[str] = "zb"
@@ -288,15 +337,9 @@ class ZBox(Rule):
 
     def parts(self, module: nn.Module, a: torch.Tensor, y: torch.Tensor,
               leaves: Mapping[str, torch.Tensor], relevance: torch.Tensor) -> list[Part]:
-        weight = module.weight
-        if _stackable(module):  # W a - W+ l - W- h as one layer call, and one backward
-            (z,) = _stacked(module, [a, leaves["low"], leaves["high"]],
-                            [[weight, -weight.clamp(min=0), -weight.clamp(max=0)]])
-        else:
-            z = (apply_layer(module, a, weight)
-                 - apply_layer(module, leaves["low"], weight.clamp(min=0))
-                 - apply_layer(module, leaves["high"], weight.clamp(max=0)))
-        return self._shares(relevance, [(1.0, z)])
+        z = box(partial(apply_layer, module), a, leaves["low"], leaves["high"], module.weight,
+                _stackable(module))
+        return shares(relevance, [(1.0, z)], self.epsilon)
 
 
 RULES: dict[str, Callable[[], Rule]] = {
@@ -357,15 +400,6 @@ def _leaves(names: Sequence[str], a: torch.Tensor,
     return made
 
 
-def _sum_products(values: Sequence[torch.Tensor],
-                  grads: Sequence[torch.Tensor | None]) -> torch.Tensor:
-    total = torch.zeros_like(values[0])
-    for value, grad in zip(values, grads, strict=True):
-        if grad is not None:
-            total = total + value.detach() * grad
-    return total
-
-
 def layer_relevance(module: nn.Module, rule: Rule, a: torch.Tensor, relevance: torch.Tensor,
                     bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The relevance of one layer's input a, given the relevance of its outputs: one rule step.
@@ -373,14 +407,11 @@ def layer_relevance(module: nn.Module, rule: Rule, a: torch.Tensor, relevance: t
     Input-only rules (flat, w², z^B) treat a as the input layer's input; `bounds` (low, high)
     broadcast to a's shape.
     """
-    with torch.enable_grad():
-        leaf = a.detach().requires_grad_()
-        leaves = _leaves(rule.leaves, leaf, bounds)
-        parts = rule.parts(module, leaf, module(leaf), leaves, relevance)
-        inputs = [leaf, *leaves.values()]
-        grads = torch.autograd.grad([z for z, _ in parts], inputs, [s for _, s in parts],
-                                    allow_unused=True)
-    return _sum_products(inputs, grads)
+    def build(leaf: torch.Tensor, *extra: torch.Tensor) -> list[Part]:
+        leaves = dict(zip(rule.leaves, extra, strict=True))
+        return rule.parts(module, leaf, module(leaf), leaves, relevance)
+
+    return sum(redistribute(build, a, *_leaves(rule.leaves, a, bounds).values()))
 
 
 def check_batchnorm_eval(model: nn.Module) -> None:
@@ -491,7 +522,7 @@ def propagate(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor,
     finally:
         for handle in handles:
             handle.remove()
-    relevance = _sum_products(inputs, grads)
+    relevance = sum(_products(inputs, grads))
     if relevance[0].numel() != x[0].numel():
         raise ConfigError(f"the input layer takes {list(relevance.shape[1:])} per input, which "
                           f"is not a reshaping of the images {list(x.shape[1:])}; LRP returns the "

@@ -11,16 +11,21 @@ Every method explains one logit f_c (the target) at the model's input scale x' =
 No library propagates LRP through recurrent cells, so the pass is written out: one recorded
 forward (the model's own modules, so dropout layers in train mode sample their masks), then an
 explicit backward of relevance, batched over the inputs and looping over steps and layers only.
+Each step of it is built from the feed-forward rules' pieces in ``trustmap.explain.lrp``
+(contributions, box, shares, redistribute), so both engines share their formulas and their
+zero-denominator convention; only what is specific to recurrent cells lives here.
 
 LRP. Relevance starts at the target logit's value f_c(x), on that output only. Biases are left
 out of every rule (the ReLU models' biases are -softplus(.) <= 0; what they take is not passed
-on), and an output whose denominator is 0 passes no relevance.
+on). Every denominator z is stabilised as in the feed-forward rules, ``z + 1e-6 sign(z)``
+(``lrp.STABILIZER``), so an output with no contribution passes no relevance.
 
 1. Activation layers (inputs a, any sign; Linear layers and the convolution conv2): alpha-beta
    on contributions z_ij = a_i w_ij, ``R_i = sum_j (alpha z_ij^+ / sum_i z_ij^+ - beta z_ij^- /
    sum_i z_ij^-) R_j`` with alpha - beta = 1. An output whose contributions all share one sign
    gives that sign all of R_j (there alpha-beta would pass alpha R_j, and both coincide with
-   LRP-0), so relevance is conserved wherever an output has any contribution.
+   LRP-0), so relevance is conserved (up to the stabiliser) wherever an output has any
+   contribution.
 2. Pixel layers (x' in the box [low, high]): the z^B rule, whatever the method, with masses
    ``q_ij = x_i w_ij - low w_ij^+ - high w_ij^- >= 0``: ``R_i = sum_j q_ij / sum_i q_ij R_j``.
 3. Mixed layers (inputs [pixels of step t, recurrent state]): one split per output j, pixel
@@ -43,7 +48,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from numbers import Real
 
@@ -54,6 +58,16 @@ from torch import nn
 from trustmap.errors import ConfigError, DataError, did_you_mean
 from trustmap.explain import gradient
 from trustmap.explain.core import Target, as_targets, check_inputs, selected
+from trustmap.explain.lrp import (
+    STABILIZER,
+    Layer,
+    Part,
+    box,
+    contributions,
+    redistribute,
+    shares,
+    stabilize,
+)
 from trustmap.models.base import INPUT_SIZE
 from trustmap.models.recurrent import (
     ARCHITECTURES,
@@ -73,26 +87,12 @@ Bound = float | torch.Tensor
 """A bound of the pixel box: one number, or a tensor broadcasting to the pixels."""
 
 
-@dataclass(frozen=True)
-class _Op:
-    """A layer's linear map without bias, ``a -> a W``, and its transpose ``s -> s W^T``."""
-
-    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    transpose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-_LINEAR = _Op(F.linear, lambda s, weight: s @ weight)
-
-
-def _last(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous(memory_format=torch.channels_last)
-
-
-def _conv_op(padding: int) -> _Op:
-    """A stride-1 convolution with zero padding (NegativeBiasConv2d's map) and its transpose,
-    both channels-last (on a CPU about 2x faster for these small convolutions)."""
-    return _Op(lambda a, weight: F.conv2d(_last(a), _last(weight), padding=padding),
-               lambda s, weight: F.conv_transpose2d(_last(s), _last(weight), padding=padding))
+def _conv(padding: int) -> Layer:
+    """A stride-1 convolution with zero padding (NegativeBiasConv2d's map), channels-last (on a
+    CPU about 2x faster for these small convolutions, forward and backward)."""
+    return lambda a, weight: F.conv2d(a.contiguous(memory_format=torch.channels_last),
+                                      weight.contiguous(memory_format=torch.channels_last),
+                                      padding=padding)
 
 
 _WEIGHTED = (nn.Linear, NegativeBiasLinear, NegativeBiasConv2d)
@@ -100,72 +100,40 @@ _PASSING = (nn.ReLU, nn.Dropout, nn.Identity)
 """Layers relevance passes unchanged, elementwise."""
 
 
-def _op(layer: nn.Module) -> _Op:
-    return _conv_op(layer.padding) if isinstance(layer, NegativeBiasConv2d) else _LINEAR
+def _layer(layer: nn.Module) -> Layer:
+    return _conv(layer.padding) if isinstance(layer, NegativeBiasConv2d) else F.linear
 
 
-def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> torch.Tensor:
-    """numerator / denominator, and 0 where the denominator is 0."""
-    return numerator / denominator.masked_fill(denominator == 0, float("inf"))
+def _conserving(relevance: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
+                alpha: float, beta: float) -> list[Part]:
+    """Alpha-beta's parts, except that an output whose contributions all have one sign gives
+    that sign all of R (where alpha-beta would pass alpha R or beta R)."""
+    up = negative.detach().ne(0).to(relevance.dtype).mul_(alpha - 1.0).add_(1.0)
+    down = positive.detach().ne(0).to(relevance.dtype).mul_(-beta - 1.0).add_(1.0)
+    return shares(relevance, [(up, positive), (down, negative)], STABILIZER)
 
 
-def _scales(relevance: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor,
-            alpha: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per output, the factors by which its positive and negative contributions take relevance.
-
-    alpha R / sum z+ and -beta R / sum z- where both kinds exist; where one kind is missing the
-    other takes R / its sum, so the output passes exactly R.
-    """
-    on_positive = torch.where(negative != 0, alpha * relevance, relevance)
-    on_negative = torch.where(positive != 0, -beta * relevance, relevance)
-    return _ratio(on_positive, positive), _ratio(on_negative, negative)
-
-
-def _stacked(a: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and weights of one layer call giving [sum_i z_ij^+, sum_i z_ij^-] along dim 1.
-
-    z^+ = a^+ W^+ + a^- W^-, z^- = a^+ W^- + a^- W^+; inputs >= 0 need only W^+ and W^-.
-    """
-    up, down = weight.clamp(min=0), weight.clamp(max=0)
-    if not bool((a < 0).any()):
-        return a, torch.cat([up, down])
-    inputs = torch.cat([a.clamp(min=0), a.clamp(max=0)], 1)
-    return inputs, torch.cat([torch.cat([up, down], 1), torch.cat([down, up], 1)])
-
-
-def _spread(inputs: torch.Tensor, weights: torch.Tensor, scales: torch.Tensor, op: _Op,
-            channels: int) -> torch.Tensor:
-    """``sum_j z_ij s_j`` per input i, for stacked inputs and weights (undone to `channels`)."""
-    shares = inputs * op.transpose(scales, weights)
-    if shares.shape[1] == channels:
-        return shares
-    of_positive, of_negative = shares.chunk(2, 1)  # the shares of a^+ and of a^-
-    return of_positive + of_negative
+def _bounds(x: torch.Tensor, low: Bound, high: Bound) -> list[torch.Tensor]:
+    return [torch.as_tensor(bound, dtype=x.dtype, device=x.device).expand_as(x)
+            for bound in (low, high)]
 
 
 def _alpha_beta(a: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, alpha: float,
-                beta: float, op: _Op = _LINEAR) -> torch.Tensor:
+                beta: float, layer: Layer = F.linear) -> torch.Tensor:
     """Rule 1: the relevance of a layer's inputs a (any sign) from that of its outputs."""
-    inputs, weights = _stacked(a, weight)
-    positive, negative = op.forward(inputs, weights).chunk(2, 1)
-    scales = torch.cat(_scales(relevance, positive, negative, alpha, beta), 1)
-    return _spread(inputs, weights, scales, op, a.shape[1])
+    def build(a: torch.Tensor) -> list[Part]:
+        return _conserving(relevance, *contributions(layer, a, weight.detach()), alpha, beta)
 
-
-def _box(x: torch.Tensor, weight: torch.Tensor, low: Bound,
-         high: Bound) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and weights whose products are the z^B masses, ``(x - low) W^+ + (x - high) W^-``:
-    each term is >= 0 as computed, so a sum is 0 only where every mass is."""
-    return (torch.cat([x - low, x - high], 1),
-            torch.cat([weight.clamp(min=0), weight.clamp(max=0)], 1))
+    return redistribute(build, a)[0]
 
 
 def _zbox(x: torch.Tensor, weight: torch.Tensor, relevance: torch.Tensor, low: Bound,
-          high: Bound, op: _Op = _LINEAR) -> torch.Tensor:
+          high: Bound, layer: Layer = F.linear) -> torch.Tensor:
     """Rule 2: the relevance of pixels x in the box [low, high] from that of the outputs."""
-    inputs, weights = _box(x, weight, low, high)
-    return _spread(inputs, weights, _ratio(relevance, op.forward(inputs, weights)), op,
-                   x.shape[1])
+    def build(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> list[Part]:
+        return shares(relevance, [(1.0, box(layer, x, low, high, weight.detach()))], STABILIZER)
+
+    return sum(redistribute(build, x, *_bounds(x, low, high)))
 
 
 def _mixed(x: torch.Tensor, a: torch.Tensor, weight_x: torch.Tensor, weight_a: torch.Tensor,
@@ -175,35 +143,29 @@ def _mixed(x: torch.Tensor, a: torch.Tensor, weight_x: torch.Tensor, weight_a: t
 
     `gate` (> 0, like the outputs) scales the state's contributions (the GRU's reset gate).
     """
-    pixels, pixel_weights = _box(x, weight_x, low, high)
-    inputs, weights = _stacked(a, weight_a)
-    positive, negative = F.linear(inputs, weights).chunk(2, 1)
-    if gate is not None:
-        positive, negative = positive * gate, negative * gate
-    on_positive, on_negative = _scales(relevance, positive + F.linear(pixels, pixel_weights),
-                                       negative, alpha, beta)
-    relevance_x = _spread(pixels, pixel_weights, on_positive, _LINEAR, x.shape[1])
-    scales = torch.cat([on_positive, on_negative], 1)
-    if gate is not None:
-        scales = scales * gate.repeat(1, 2)
-    return relevance_x, _spread(inputs, weights, scales, _LINEAR, a.shape[1])
+    def build(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+              a: torch.Tensor) -> list[Part]:
+        positive, negative = contributions(F.linear, a, weight_a.detach())
+        if gate is not None:
+            positive, negative = positive * gate, negative * gate
+        masses = box(F.linear, x, low, high, weight_x.detach())
+        return _conserving(relevance, masses + positive, negative, alpha, beta)
+
+    pixels, of_low, of_high, state = redistribute(build, x, *_bounds(x, low, high), a)
+    return pixels + of_low + of_high, state
 
 
 def _split(first: torch.Tensor, second: torch.Tensor, total: torch.Tensor,
            relevance: torch.Tensor, epsilon: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The relevance of ``total = first + second`` shared in proportion to the two terms:
-    ``term / (total + epsilon sign(total)) R``, sign(0) = +."""
-    scale = relevance / torch.where(total >= 0, total + epsilon, total - epsilon)
+    ``term / stabilize(total, epsilon) R``, the epsilon rule's share."""
+    scale = relevance / stabilize(total, epsilon)
     return first * scale, second * scale
 
 
 def _pool(layer: nn.Module, a: torch.Tensor, relevance: torch.Tensor) -> torch.Tensor:
-    """The z-rule through average pooling: ``a * d/da [pool(a) . R / pool(a)]``."""
-    with torch.enable_grad():
-        leaf = a.detach().requires_grad_()
-        pooled = layer(leaf)
-        (grad,) = torch.autograd.grad(pooled, leaf, _ratio(relevance, pooled.detach()))
-    return a * grad
+    """The z-rule through average pooling: each input's share of its pooled mean."""
+    return redistribute(lambda a: shares(relevance, [(1.0, layer(a))], STABILIZER), a)[0]
 
 
 def _record(layers: nn.Sequential, a: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -224,9 +186,9 @@ def _through(layers: nn.Sequential, inputs: Sequence[torch.Tensor], relevance: t
         layer, a = layers[index], inputs[index]
         if isinstance(layer, _WEIGHTED):
             if box is not None and index == weighted[0]:
-                relevance = _zbox(a, layer.weight, relevance, *box, op=_op(layer))
+                relevance = _zbox(a, layer.weight, relevance, *box, layer=_layer(layer))
             else:
-                relevance = _alpha_beta(a, layer.weight, relevance, alpha, beta, _op(layer))
+                relevance = _alpha_beta(a, layer.weight, relevance, alpha, beta, _layer(layer))
         elif isinstance(layer, nn.AvgPool2d):
             relevance = _pool(layer, a, relevance)
         elif isinstance(layer, nn.Flatten):
