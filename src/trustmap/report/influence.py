@@ -1,33 +1,23 @@
 """The influence study's page: which pixels move an ensemble's class probabilities, its metrics
 and its uncertainty, by entropic projection (seed 004, after the ethik library).
 
-It reads only ``InfluenceResults`` and is written like ``report.html`` (``html.write_page``):
-figures staged, then the page atomically. Its figures are named ``influence-*.png``, so it can
-share ``figures/`` with other pages in the same directory without touching theirs.
+It reads only ``InfluenceResults`` and is written by the page engine (``page.write_page``). Its
+figures are named ``influence-*.png``, so it shares ``figures/`` with other pages in the same
+directory without touching theirs. The run page shows its maps too (``map_jobs``).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
 
 import pandas as pd
 import torch
 
 from trustmap.errors import DataError
 from trustmap.explain.influence import ALPHA
-from trustmap.report import influence_figures, plot
-from trustmap.report.html import (
-    Section,
-    Table,
-    build_table,
-    page_header,
-    render_page,
-    write_page,
-)
+from trustmap.report import checks, influence_figures, plot
+from trustmap.report.page import Job, Section, build_table, write_page
 from trustmap.report.results import PROJECTION_KEYS, InfluenceResults
 
 INFLUENCE_NAME = "influence.html"
@@ -48,6 +38,11 @@ PROJECTION_LABELS = {
     "pixels_not_converged": "pixels with such a pair",
     "max_iterations": "most Newton steps taken by a pair",
 }
+SHAPES = {"mean_image": "H W", "influence": "K H W", "member_std": "K H W",
+          "performance": "H W", "uncertainty": "H W", "constant": "bool H W",
+          "not_converged": "bool H W", "curve_targets": "T Q", "curve_values": "T Q K",
+          "curve_converged": "bool T Q", "member_maps": "_ K H W"}
+"""K: one map per class; Q: one curve per entry of ``curve_pixels``."""
 
 
 def write_influence_report(results: InfluenceResults, out_dir: Path | str) -> Path:
@@ -56,9 +51,39 @@ def write_influence_report(results: InfluenceResults, out_dir: Path | str) -> Pa
     If any figure or the page fails, an earlier influence page in ``out_dir`` and every figure
     it points at are left as they were; other pages' figures are never touched.
     """
-    _check(results)
-    return write_page(Path(out_dir) / INFLUENCE_NAME, lambda: _plan_figures(results),
-                      lambda sections: _render(results, sections), prefix=FIGURE_PREFIX)
+    check(results)
+    return write_page(Path(out_dir) / INFLUENCE_NAME, "influence.html.j2", results.header,
+                      DEFAULT_TITLE, lambda: _sections(results), prefix=FIGURE_PREFIX)
+
+
+def check(results: InfluenceResults) -> None:
+    """Fail before drawing anything if a field is not what the page reads, or the projection's
+    summary does not describe its maps."""
+    found = checks.check(results, SHAPES, {"accuracy": ACCURACY_COLUMNS,
+                                           "timings": TIMING_COLUMNS}, nonempty=("classes",),
+                         dims={"K": len(results.classes), "Q": len(results.curve_pixels)})
+    alpha = results.header.get("alpha", ALPHA)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 0.5:
+        checks.fail(results, f"header['alpha'] is {alpha!r}; expected the projection's quantile "
+                    "level, a number in (0, 0.5)")
+    if bool((results.member_std < 0).any()):
+        checks.fail(results, "member_std holds negative values; a standard deviation is never "
+                    "below zero")
+    for pixel in results.curve_pixels:
+        if not (0 <= pixel[0] < found["H"] and 0 <= pixel[1] < found["W"]):
+            checks.fail(results, f"curve_pixels holds {tuple(pixel)}, outside the "
+                        f"{found['H']}x{found['W']} maps")
+    missing = [key for key in PROJECTION_KEYS if key not in results.projection]
+    if missing:
+        checks.fail(results, f"projection lacks the keys {missing}; give Projection.summary() of "
+                    "the maps' projection")
+    for key, expected in (("pixels", found["H"] * found["W"]),
+                          ("constant_pixels", int(results.constant.sum())),
+                          ("pixels_not_converged", int(results.not_converged.sum()))):
+        if results.projection[key] != expected:
+            checks.fail(results, f"projection[{key!r}] is {results.projection[key]} but the maps "
+                        f"and masks give {expected}; the summary and the masks must come from "
+                        "the same projection")
 
 
 def certainty(influence: torch.Tensor, member_std: torch.Tensor, classes: Sequence[str],
@@ -82,208 +107,79 @@ def certainty(influence: torch.Tensor, member_std: torch.Tensor, classes: Sequen
     return pd.DataFrame(rows, columns=list(CERTAINTY_COLUMNS))
 
 
-# --- checks: everything the page reads, before anything is drawn
-
-
-def _fail(message: str) -> NoReturn:
-    raise DataError(f"InfluenceResults.{message}")
-
-
-def _tensor(value: Any, name: str, shape: tuple[int | None, ...], layout: str,
-            boolean: bool = False) -> torch.Tensor:
-    """``value`` as a tensor of ``shape`` (None: any size): finite floats, or bools if asked."""
-    if not isinstance(value, torch.Tensor):
-        _fail(f"{name} is a {type(value).__name__}; expected a tensor {layout}")
-    got = tuple(value.shape)
-    if len(got) != len(shape) or any(s is not None and s != g
-                                      for s, g in zip(shape, got, strict=True)):
-        _fail(f"{name} has shape {list(got)}; expected {layout}")
-    if boolean and value.dtype != torch.bool:
-        _fail(f"{name} is {value.dtype}; expected a bool tensor {layout}")
-    if not boolean and not value.is_floating_point():
-        _fail(f"{name} is {value.dtype}; expected a float tensor {layout}")
-    if not boolean and not bool(torch.isfinite(value).all()):
-        _fail(f"{name} holds NaN or infinite values; fix the computation that made it")
-    return value
-
-
-def _check(results: InfluenceResults) -> None:
-    """Fail before drawing anything if a map, mask, table or curve is not what the page reads."""
-    if not results.classes:
-        _fail("classes is empty; give the name of every class the probabilities index")
-    alpha = results.header.get("alpha", ALPHA)
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) \
-            or not (math.isfinite(alpha) and 0 < alpha < 0.5):
-        _fail(f"header['alpha'] is {alpha!r}; expected the projection's quantile level, a "
-              "number in (0, 0.5)")
-    count = len(results.classes)
-    influence = results.influence
-    if not isinstance(influence, torch.Tensor) or influence.dim() != 3:
-        got = list(influence.shape) if isinstance(influence, torch.Tensor) \
-            else type(influence).__name__
-        _fail(f"influence is {got}; expected [K, H, W] with K = {count}, one map per class")
-    height, width = influence.shape[1:]
-    maps = f"[{count}, {height}, {width}]"
-    _tensor(influence, "influence", (count, height, width), f"{maps}: one map per class")
-    std = _tensor(results.member_std, "member_std", (count, height, width),
-                  f"{maps} like influence")
-    if bool((std < 0).any()):
-        _fail("member_std holds negative values; a standard deviation is never below zero")
-    plane = f"[{height}, {width}] like one influence map"
-    _tensor(results.mean_image, "mean_image", (height, width), plane)
-    for name in ("performance", "uncertainty"):
-        for key, value in getattr(results, name).items():
-            if not isinstance(key, str) or not key:
-                _fail(f"{name} has the key {key!r}; expected a metric or measure name")
-            _tensor(value, f"{name}[{key!r}]", (height, width), plane)
-    constant = _tensor(results.constant, "constant", (height, width), f"{plane}, bool",
-                       boolean=True)
-    missed = _tensor(results.not_converged, "not_converged", (height, width), f"{plane}, bool",
-                     boolean=True)
-    _check_projection(results.projection, height * width, int(constant.sum()),
-                      int(missed.sum()))
-    for name, columns in (("accuracy", ACCURACY_COLUMNS), ("timings", TIMING_COLUMNS)):
-        frame = getattr(results, name)
-        if not isinstance(frame, pd.DataFrame):
-            _fail(f"{name} is a {type(frame).__name__}; expected a DataFrame with the columns "
-                  f"{list(columns)}")
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            _fail(f"{name} lacks the columns {missing}; see trustmap.report.results")
-    _check_curves(results, height, width)
-
-
-def _check_projection(summary: dict[str, int], pixels: int, constant: int, missed: int) -> None:
-    if not isinstance(summary, dict):
-        _fail(f"projection is a {type(summary).__name__}; expected Projection.summary()'s dict")
-    missing = [key for key in PROJECTION_KEYS if key not in summary]
-    if missing:
-        _fail(f"projection lacks the keys {missing}; give Projection.summary() of the maps' "
-              "projection")
-    for key in PROJECTION_KEYS:
-        value = summary[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            _fail(f"projection[{key!r}] is {value!r}; expected a count, an integer >= 0")
-    for key, expected in (("pixels", pixels), ("constant_pixels", constant),
-                          ("pixels_not_converged", missed)):
-        if summary[key] != expected:
-            _fail(f"projection[{key!r}] is {summary[key]} but the maps and masks give "
-                  f"{expected}; the summary and the masks must come from the same projection")
-
-
-def _check_curves(results: InfluenceResults, height: int, width: int) -> None:
-    pixels = results.curve_pixels
-    for pixel in pixels:
-        if not isinstance(pixel, tuple | list) or len(pixel) != 2 or not all(
-                isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in pixel):
-            _fail(f"curve_pixels holds {pixel!r}; expected (row, column) integer pairs")
-        if not (0 <= pixel[0] < height and 0 <= pixel[1] < width):
-            _fail(f"curve_pixels holds {tuple(pixel)}, outside the {height}x{width} maps")
-    count, classes = len(pixels), len(results.classes)
-    targets = _tensor(results.curve_targets, "curve_targets", (None, count),
-                      f"[T, {count}]: each curve pixel's target mean per tau")
-    steps = targets.shape[0]
-    if pixels and steps < 2:
-        _fail(f"curve_targets has {steps} tau(s); a curve needs at least 2")
-    _tensor(results.curve_values, "curve_values", (steps, count, classes),
-            f"[{steps}, {count}, {classes}]: the mean probability of each of the {classes} "
-            "classes at every target")
-    _tensor(results.curve_converged, "curve_converged", (steps, count),
-            f"[{steps}, {count}] bool like curve_targets", boolean=True)
-
-
-# --- figures
-
-
-def _plan_figures(results: InfluenceResults) -> list[Section]:
-    """Every figure the page shows, grouped by section, as deferred drawing calls."""
-    sections = {key: Section(key) for key in ("influence", "spread", "performance",
-                                              "uncertainty", "curves")}
+def map_jobs(results: InfluenceResults) -> dict[str, list[Job]]:
+    """The figures of each section with maps: influence, spread, performance, uncertainty."""
     constant, missed = results.constant, results.not_converged
     masks = (f"grey: the {int(constant.sum())} constant pixels (exactly 0); ×: the "
              f"{int(missed.sum())} pixels whose tilt did not converge at some τ")
-    limit = plot.limit(results.influence)
-    sections["influence"].jobs.append((
-        "influence", f"change of the ensemble's mean probability of each class when the pixel "
-        f"goes from its low to its high side (τ = +1 minus τ = −1): red, the class gains; "
-        f"blue, it loses; one scale, ±{limit:.3g}, shared by all {len(results.classes)} "
-        f"classes; {masks}",
-        lambda: influence_figures.influence_maps(results.influence, results.classes, constant,
-                                                 missed, title="influence on each class")))
-    largest = float(results.member_std.max())
-    sections["spread"].jobs.append((
-        "spread", f"std over the ensemble's members of each member's influence map, one scale "
-        f"from 0 to {largest:.3g} for all classes: where it is comparable to |influence| the "
-        f"influence itself is uncertain; {masks}",
-        lambda: influence_figures.spread_maps(results.member_std, results.classes, constant,
-                                              missed, title="spread of the influence")))
-    if results.performance:
-        sense = influence_figures.metric_sense
-        senses = "; ".join(f"{name}: positive = {sense(name)} when the pixel goes up"
-                           for name in results.performance)
-        sections["performance"].jobs.append((
-            "performance", f"change of each metric of the ensemble, τ = +1 minus τ = −1, each on "
-            f"its own symmetric scale ({senses}); {masks}",
-            lambda: influence_figures.change_maps(
-                results.performance, {name: influence_figures.change_label(name)
-                                      for name in results.performance},
-                constant, missed, title="influence on performance")))
-    if results.uncertainty:
-        sections["uncertainty"].jobs.append((
-            "uncertainty", "change of the mean of each uncertainty measure, τ = +1 minus "
-            "τ = −1, each on its own symmetric scale: positive, the ensemble is less sure "
-            f"when the pixel goes up; {masks}",
-            lambda: influence_figures.change_maps(
-                results.uncertainty, {name: influence_figures.change_label(name)
-                                      for name in results.uncertainty},
-                constant, missed, title="influence on uncertainty")))
-    if results.curve_pixels:
-        sections["curves"].jobs.append((
-            "curves", "the ensemble's mean probability of every class against each curve "
-            "pixel's target mean, from τ = −1 to τ = +1 (dotted: the pixel's test-set mean, "
-            "τ = 0; ×: points whose tilt did not converge); first panel: the mean image with the "
-            "curve pixels numbered",
-            lambda: influence_figures.influence_curves(
-                results.curve_targets, results.curve_values, results.curve_converged,
-                results.curve_pixels, results.classes, results.mean_image,
-                title="probabilities along the projection")))
-    return list(sections.values())
+    sense = influence_figures.metric_sense
+    senses = "; ".join(f"{name}: positive = {sense(name)} when the pixel goes up"
+                       for name in results.performance)
+
+    def changes(name: str, maps: dict[str, torch.Tensor], caption: str) -> list[Job]:
+        return [Job(name, f"{caption}; {masks}", lambda: influence_figures.change_maps(
+            maps, {key: influence_figures.change_label(key) for key in maps}, constant, missed,
+            title=f"influence on {name}"))] if maps else []
+
+    return {
+        "influence": [Job(
+            "influence", "change of the ensemble's mean probability of each class when the pixel "
+            "goes from its low to its high side (τ = +1 minus τ = −1): red, the class gains; "
+            f"blue, it loses; one scale, ±{plot.limit(results.influence):.3g}, shared by all "
+            f"{len(results.classes)} classes; {masks}",
+            lambda: influence_figures.influence_maps(results.influence, results.classes,
+                                                     constant, missed,
+                                                     title="influence on each class"))],
+        "spread": [Job(
+            "spread", "std over the ensemble's members of each member's influence map, one "
+            f"scale from 0 to {float(results.member_std.max()):.3g} for all classes: where it is "
+            f"comparable to |influence| the influence itself is uncertain; {masks}",
+            lambda: influence_figures.spread_maps(results.member_std, results.classes, constant,
+                                                  missed, title="spread of the influence"))],
+        "performance": changes("performance", results.performance,
+                               "change of each metric of the ensemble, τ = +1 minus τ = −1, each "
+                               f"on its own symmetric scale ({senses})"),
+        "uncertainty": changes("uncertainty", results.uncertainty,
+                               "change of the mean of each uncertainty measure, τ = +1 minus "
+                               "τ = −1, each on its own symmetric scale: positive, the ensemble "
+                               "is less sure when the pixel goes up"),
+    }
 
 
-# --- the page
-
-
-def _render(results: InfluenceResults, sections: list[Section]) -> str:
-    title, items = page_header(results.header, DEFAULT_TITLE)
+def _sections(results: InfluenceResults) -> list[Section]:
     alpha = float(results.header.get("alpha", ALPHA))
-    return render_page(
-        "influence.html.j2",
-        title=title,
-        header=items,
-        low=f"{alpha:g}",
-        high=f"{1 - alpha:g}",
-        classes=len(results.classes),
-        height=int(results.influence.shape[1]),
-        width=int(results.influence.shape[2]),
-        projection=results.projection,
-        projection_table=_projection(results),
-        accuracy=build_table("accuracy", results.accuracy.reindex(columns=list(ACCURACY_COLUMNS)),
-                             directions={"accuracy": 1}, row_headers=("model",)),
-        timings=build_table("timings", results.timings.reindex(columns=list(TIMING_COLUMNS)),
-                            directions={}, row_headers=("step",)),
-        certainty=build_table("certainty", certainty(results.influence, results.member_std,
-                                                     results.classes),
-                              directions={}, row_headers=("class",)),
-        share=f"{CERTAIN_SHARE:.0%}",
-        metrics=[{"name": name, "sense": influence_figures.metric_sense(name)}
-                 for name in results.performance],
-        measures=list(results.uncertainty),
-        curves=len(results.curve_pixels),
-        figures={section.key: section.drawn for section in sections},
-    )
-
-
-def _projection(results: InfluenceResults) -> Table:
-    frame = pd.DataFrame({"quantity": [PROJECTION_LABELS[key] for key in PROJECTION_KEYS],
-                          "count": [results.projection[key] for key in PROJECTION_KEYS]})
-    return build_table("projection", frame, directions={}, row_headers=("quantity",))
+    jobs = map_jobs(results)
+    curves = [Job(
+        "curves", "the ensemble's mean probability of every class against each curve pixel's "
+        "target mean, from τ = −1 to τ = +1 (dotted: the pixel's test-set mean, τ = 0; ×: points "
+        "whose tilt did not converge); first panel: the mean image with the curve pixels numbered",
+        lambda: influence_figures.influence_curves(
+            results.curve_targets, results.curve_values, results.curve_converged,
+            results.curve_pixels, results.classes, results.mean_image,
+            title="probabilities along the projection"))] if results.curve_pixels else []
+    projection = pd.DataFrame({"quantity": [PROJECTION_LABELS[key] for key in PROJECTION_KEYS],
+                               "count": [results.projection[key] for key in PROJECTION_KEYS]})
+    return [
+        Section("overview", "Overview", context={
+            "low": f"{alpha:g}", "high": f"{1 - alpha:g}", "projection": results.projection,
+            "height": int(results.influence.shape[1]), "width": int(results.influence.shape[2]),
+            "projection_table": build_table("projection", projection, directions={},
+                                            row_headers=("quantity",)),
+            "accuracy": build_table("accuracy", results.accuracy.reindex(
+                columns=list(ACCURACY_COLUMNS)), directions={"accuracy": 1},
+                row_headers=("model",)),
+            "timings": build_table("timings", results.timings.reindex(
+                columns=list(TIMING_COLUMNS)), directions={}, row_headers=("step",))}),
+        Section("influence", "Influence maps", jobs=jobs["influence"],
+                context={"classes": len(results.classes)}),
+        Section("spread", "Spread across members", jobs=jobs["spread"], context={
+            "share": f"{CERTAIN_SHARE:.0%}", "certainty": build_table(
+                "certainty", certainty(results.influence, results.member_std, results.classes),
+                directions={}, row_headers=("class",))}),
+        Section("performance", "Performance maps", "Performance", jobs["performance"], context={
+            "metrics": [{"name": name, "sense": influence_figures.metric_sense(name)}
+                        for name in results.performance]}),
+        Section("uncertainty", "Uncertainty influence", "Uncertainty", jobs["uncertainty"],
+                context={"measures": list(results.uncertainty)}),
+        Section("curves", "Curves", jobs=curves, context={"curves": len(results.curve_pixels)}),
+    ]

@@ -1,8 +1,8 @@
 """The recurrent study's page: which explanation method works for which recurrent network.
 
-It reads only ``RecurrentResults`` and is written like ``report.html`` (``html.write_page``):
-figures staged, then the page atomically. Its figures are named ``recurrent-*.png``, so it can
-share ``figures/`` with a ``report.html`` in the same directory without touching that page's.
+It reads only ``RecurrentResults`` and is written by the page engine (``page.write_page``). Its
+figures are named ``recurrent-*.png``, so it shares ``figures/`` with a ``report.html`` in the
+same directory without touching that page's.
 """
 
 from __future__ import annotations
@@ -13,16 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from trustmap.errors import TrustmapError
-from trustmap.report import recurrent_figures
-from trustmap.report.html import (
-    Section,
-    Table,
-    build_table,
-    page_header,
-    render_page,
-    write_page,
-)
+from trustmap.report import checks, recurrent_figures
+from trustmap.report.page import Job, Section, Table, build_table, ordered, write_page
 from trustmap.report.results import (
     ACCURACY_COLUMNS,
     RECURRENT_AOPC_COLUMNS,
@@ -40,6 +32,9 @@ REFERENCE_KEY = "seed_002_accuracy"
 SPEED_COLUMNS = ("architecture", "method", "maps_per_second")
 ROW_HEADERS = ("architecture", "method")
 MORF = "morf"
+ORDERS = (*recurrent_figures.ORDER_STYLES, recurrent_figures.RANDOM_ORDER)
+SHAPES = {"examples": "E 1 H W", "example_masks": "bool E 1 H W", "maps": "E 1 H W"}
+"""E: one example per entry of ``example_labels``; gray inputs, masks and maps alike."""
 
 
 def write_recurrent_report(results: RecurrentResults, out_dir: Path | str) -> Path:
@@ -48,130 +43,91 @@ def write_recurrent_report(results: RecurrentResults, out_dir: Path | str) -> Pa
     If any figure or the page fails, an earlier recurrent page in ``out_dir`` and every figure
     it points at are left as they were; other pages' figures are never touched.
     """
-    _check(results)
-    return write_page(Path(out_dir) / RECURRENT_NAME, lambda: _plan_figures(results),
-                      lambda sections: _render(results, sections), prefix=FIGURE_PREFIX)
+    check(results)
+    header = {k: v for k, v in results.header.items() if k != REFERENCE_KEY}
+    return write_page(Path(out_dir) / RECURRENT_NAME, "recurrent.html.j2", header,
+                      DEFAULT_TITLE, lambda: _sections(results), prefix=FIGURE_PREFIX)
 
 
-def _check(results: RecurrentResults) -> None:
-    """Fail before drawing anything if a table or the example maps are not what the page reads."""
-    if not results.architectures or not results.methods:
-        raise TrustmapError("RecurrentResults: architectures and methods must not be empty; "
-                            "the study must fill them before writing a report")
-    tables = {"accuracy": ACCURACY_COLUMNS, "region": REGION_COLUMNS, "steps": STEP_COLUMNS,
-              "aopc": RECURRENT_AOPC_COLUMNS, "curves": RECURRENT_CURVE_COLUMNS}
-    if len(results.speed):
-        tables["speed"] = SPEED_COLUMNS
-    for name, columns in tables.items():
-        frame = getattr(results, name)
-        missing = [c for c in columns if c not in frame.columns]
-        if missing:
-            raise TrustmapError(f"RecurrentResults.{name} lacks the columns {missing}; see "
-                                "trustmap.report.results for the columns each table has")
-    for name, keys in (("region", ["architecture", "method"]),
-                       ("steps", ["architecture", "method", "step"]),
-                       ("aopc", ["architecture", "method", "order"]),
-                       ("speed", ["architecture", "method"])):
-        frame = getattr(results, name)
-        if len(frame) and frame.duplicated(keys).any():
-            raise TrustmapError(f"RecurrentResults.{name} has more than one row per {keys}; "
-                                "aggregate it first")
-    orders = set(results.aopc["order"]) | set(results.curves["order"])
-    unknown = sorted(orders - {*recurrent_figures.ORDER_STYLES, recurrent_figures.RANDOM_ORDER})
+def check(results: RecurrentResults) -> None:
+    """Fail before drawing anything if a field, an order or an example map is not there."""
+    speed = {"speed": SPEED_COLUMNS} if len(results.speed) else {}
+    checks.check(results, SHAPES, {
+        "accuracy": ACCURACY_COLUMNS, "region": REGION_COLUMNS, "steps": STEP_COLUMNS,
+        "aopc": RECURRENT_AOPC_COLUMNS, "curves": RECURRENT_CURVE_COLUMNS, **speed},
+        {"region": ROW_HEADERS, "steps": [*ROW_HEADERS, "step"], "aopc": [*ROW_HEADERS, "order"],
+         "speed": ROW_HEADERS}, nonempty=("architectures", "methods"),
+        dims={"E": len(results.example_labels)})
+    unknown = sorted((set(results.aopc["order"]) | set(results.curves["order"])) - set(ORDERS))
     if unknown:
-        raise TrustmapError(f"RecurrentResults has unknown perturbation orders {unknown}; use "
-                            f"{[*recurrent_figures.ORDER_STYLES, recurrent_figures.RANDOM_ORDER]}")
-    _check_examples(results)
+        checks.fail(results, f"aopc or curves has unknown perturbation orders {unknown}; use "
+                    f"{list(ORDERS)}")
+    for key in [(a, m) for a in results.architectures for m in results.methods]:
+        if results.example_labels and key not in results.maps:
+            checks.fail(results, f"maps[{key[0]!r}, {key[1]!r}]: none; give every architecture "
+                        "and method a map of the examples")
 
 
-def _check_examples(results: RecurrentResults) -> None:
-    shape = tuple(results.examples.shape)
-    if len(shape) != 4 or shape[1] != 1:
-        raise TrustmapError(f"RecurrentResults.examples has shape {shape}; expected "
-                            "[E, 1, H, W] gray inputs")
-    if len(results.example_labels) != shape[0]:
-        raise TrustmapError(f"RecurrentResults has {len(results.example_labels)} example labels "
-                            f"for {shape[0]} examples; give one per example")
-    if tuple(results.example_masks.shape) != shape:
-        raise TrustmapError(f"RecurrentResults.example_masks has shape "
-                            f"{tuple(results.example_masks.shape)}, the examples {shape}")
-    if not shape[0]:
-        return
-    for architecture in results.architectures:
-        for method in results.methods:
-            found = results.maps.get((architecture, method))
-            if found is None or tuple(found.shape) != shape:
-                got = "none" if found is None else f"shape {tuple(found.shape)}"
-                raise TrustmapError(f"RecurrentResults.maps[{architecture!r}, {method!r}]: "
-                                    f"{got}; expected the examples' shape {shape}")
-
-
-def _plan_figures(results: RecurrentResults) -> list[Section]:
-    """Every figure the page shows, grouped by section, as deferred drawing calls."""
+def _sections(results: RecurrentResults) -> list[Section]:
     architectures, methods = results.architectures, results.methods
-    heatmaps = Section("heatmaps")
-    for index, label in enumerate(results.example_labels):
-        heatmaps.jobs.append((
-            f"heatmaps-{index}-{label}",
-            f"example {index + 1} (label {label}): the input with its data region outlined, "
-            "then each method's map under each architecture (red positive, blue negative)",
-            lambda i=index, t=label: recurrent_figures.heatmap_grid(
-                results.examples[i], results.example_masks[i],
-                {key: maps[i] for key, maps in results.maps.items()}, architectures, methods,
-                f"example {i + 1}: label {t}")))
-    region = Section("region")
-    if len(results.region):
-        region.jobs.append((
-            "region-share", "share of positive relevance in the data region per architecture, "
-            "mean ± SEM over the test inputs; dashed: chance",
-            lambda: recurrent_figures.region_shares(results.region, architectures, methods,
-                                                    results.chance)))
+    heatmaps = [Job(
+        f"heatmaps-{index}-{label}",
+        f"example {index + 1} (label {label}): the input with its data region outlined, then "
+        "each method's map under each architecture (red positive, blue negative)",
+        lambda i=index, t=label: recurrent_figures.heatmap_grid(
+            results.examples[i], results.example_masks[i],
+            {key: maps[i] for key, maps in results.maps.items()}, architectures, methods,
+            f"example {i + 1}: label {t}")) for index, label in enumerate(results.example_labels)]
+    region = [Job(
+        "region-share", "share of positive relevance in the data region per architecture, "
+        "mean ± SEM over the test inputs; dashed: chance",
+        lambda: recurrent_figures.region_shares(results.region, architectures, methods,
+                                                results.chance))] if len(results.region) else []
     if len(results.steps):
         ideal = _ideal_steps(results)
-        region.jobs.append((
+        region.append(Job(
             "step-profile", f"share of relevance at each step of the inputs whose odd item is "
             f"the last block: a perfect map keeps it all in the shaded steps 1–{ideal}",
             lambda: recurrent_figures.step_profiles(results.steps, architectures, methods,
                                                     ideal)))
-    faithfulness = Section("faithfulness")
-    if len(results.curves):
-        faithfulness.jobs.append((
-            "aopc-curves", "mean probability of the explained class as patches are removed, "
-            "most relevant first (solid) and in a random order (dashed grey)",
-            lambda: recurrent_figures.aopc_curves(results.curves, architectures, methods)))
-    return [heatmaps, region, faithfulness]
+    faithfulness = [Job(
+        "aopc-curves", "mean probability of the explained class as patches are removed, most "
+        "relevant first (solid) and in a random order (dashed grey)",
+        lambda: recurrent_figures.aopc_curves(results.curves, architectures, methods))] \
+        if len(results.curves) else []
+    reference = results.header.get(REFERENCE_KEY)
+    sections = [
+        Section("accuracy", "Accuracy", context={
+            "dataset": results.dataset, "reference": _reference(reference),
+            "accuracy_pivot": _accuracy_pivot(results, reference),
+            "accuracy": _accuracy(results)}),
+        Section("heatmaps", "Heatmaps", jobs=heatmaps),
+        Section("region", "Relevance in the data region", "Data region", region, context={
+            "chance": _fraction(results.chance),
+            "ideal_steps": _ideal_steps(results) if len(results.steps) else None,
+            "region": _region_pivot(results), "region_long": build_table(
+                "region-all", ordered(results.region, ["architecture", "method"],
+                                      _ranks(results)),
+                directions={"share": 1, "share_pixels": 1}, group_by=["architecture"],
+                row_headers=ROW_HEADERS)}),
+        Section("faithfulness", "Faithfulness", jobs=faithfulness, context={
+            "aopc": _aopc_pivot(results), "aopc_long": _aopc_long(results)}),
+    ]
+    if len(results.speed):
+        sections.append(Section("speed", "Speed", context={"speed": _speed(results)}))
+    return sections
+
+
+def _ranks(results: RecurrentResults) -> dict[str, list[str]]:
+    """The study's order of architectures, methods and perturbation orders (MoRF first)."""
+    return {"architecture": results.architectures, "method": results.methods,
+            "order": [MORF, *recurrent_figures.ORDER_STYLES]}
 
 
 def _ideal_steps(results: RecurrentResults) -> int:
     """How many leading steps the data region spans in the profile's inputs: the odd item is
     the last block, so the first ``chance`` of the width (2 of 3 blocks)."""
     return round(results.chance * int(results.steps["step"].max()))
-
-
-def _render(results: RecurrentResults, sections: list[Section]) -> str:
-    header = dict(results.header)
-    reference = header.pop(REFERENCE_KEY, None)
-    title, items = page_header(header, DEFAULT_TITLE)
-    return render_page(
-        "recurrent.html.j2",
-        title=title,
-        header=items,
-        dataset=results.dataset,
-        chance=_fraction(results.chance),
-        ideal_steps=_ideal_steps(results) if len(results.steps) else None,
-        reference=_reference(reference),
-        accuracy_pivot=_accuracy_pivot(results, reference),
-        accuracy=_accuracy(results),
-        region=_region_pivot(results),
-        region_long=build_table(
-            "region-all", _ordered(results, results.region, ["architecture", "method"]),
-            directions={"share": 1, "share_pixels": 1}, group_by=["architecture"],
-            row_headers=ROW_HEADERS),
-        aopc=_aopc_pivot(results),
-        aopc_long=_aopc_long(results),
-        speed=_speed(results) if len(results.speed) else None,
-        figures={section.key: section.drawn for section in sections},
-    )
 
 
 def _fraction(value: float) -> str:
@@ -199,20 +155,8 @@ def _accuracy_pivot(results: RecurrentResults, reference: Any) -> Table:
                        directions={}, row_headers=("",))
 
 
-def _ordered(results: RecurrentResults, frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Rows in the study's order of architectures, perturbation orders and methods."""
-    ranks = {"architecture": results.architectures, "method": results.methods,
-             "order": [MORF, *recurrent_figures.ORDER_STYLES]}
-
-    def rank(column: pd.Series) -> pd.Series:
-        known = {value: i for i, value in enumerate(dict.fromkeys(ranks[column.name]))}
-        return column.map(lambda value: known.get(value, len(known)))
-
-    return frame.sort_values(by, kind="stable", key=rank)
-
-
 def _accuracy(results: RecurrentResults) -> Table:
-    return build_table("accuracy", _ordered(results, results.accuracy, ["architecture"]),
+    return build_table("accuracy", ordered(results.accuracy, ["architecture"], _ranks(results)),
                        directions={"val_accuracy": 1, "accuracy": 1}, group_by=["dataset"],
                        row_headers=("architecture",))
 
@@ -241,7 +185,7 @@ def _region_pivot(results: RecurrentResults) -> Table:
 def _aopc_pivot(results: RecurrentResults) -> Table:
     """MoRF AOPC of each method per architecture; other orders (the random reference) below,
     never marked best."""
-    frame = _ordered(results, results.aopc, ["order", "method"])
+    frame = ordered(results.aopc, ["order", "method"], _ranks(results))
     orders = frame["order"].tolist()
     names = [m if o in (MORF, m) else f"{m} ({o})"
              for m, o in zip(frame["method"], orders, strict=True)]
@@ -252,7 +196,7 @@ def _aopc_pivot(results: RecurrentResults) -> Table:
 
 
 def _aopc_long(results: RecurrentResults) -> Table:
-    frame = _ordered(results, results.aopc, ["architecture", "order", "method"])
+    frame = ordered(results.aopc, ["architecture", "order", "method"], _ranks(results))
     return build_table("aopc-all", frame, directions={"aopc": 1, "flips_to_change": -1},
                        group_by=["architecture"], row_headers=ROW_HEADERS,
                        competing=frame["order"] == MORF)

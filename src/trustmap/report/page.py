@@ -1,0 +1,304 @@
+"""The one page engine: every report page is a header and a list of ``Section``s.
+
+A page module (``html`` for the run, ``recurrent``, ``latent``, ``influence``) only says which
+sections it has: their figures as deferred drawing jobs, their tables, and the template macro
+(named like the section, in the page's template) that lays them out. Everything else is here,
+once: drawing the figures into a hidden staging folder, rendering with jinja2 (escaped, strict),
+moving the figures beside the page and writing the page atomically, last, so that a failure
+anywhere keeps the earlier page and every figure it points at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import pandas as pd
+from matplotlib.figure import Figure
+
+from trustmap.atomic import write_atomic
+from trustmap.report.plot import save_figure
+
+FIGURES_DIR = "figures"
+COLLAPSE_CHARS = 400
+ROW_HEADERS = ("measure", "predictive")
+"""Columns whose cells name a row (``<th>``) unless a table says otherwise."""
+HIGHER_IS_BETTER = {"auroc", "aupr_in", "aupr_out", "accuracy"}
+LOWER_IS_BETTER = {"fpr95", "nll", "brier", "ece", "mce"}
+LABELS = {"auroc": "AUROC", "aupr_in": "AUPR-in", "aupr_out": "AUPR-out", "fpr95": "FPR@95%TPR",
+          "nll": "NLL", "ece": "ECE", "mce": "MCE", "ood_set": "OOD set"}
+
+
+@dataclass
+class Cell:
+    """One formatted table cell with the value the page's script sorts it by."""
+
+    text: str
+    sort: str
+    best: bool = False
+    row_header: bool = False
+
+
+@dataclass
+class Table:
+    """What the templates' ``table`` macro draws: one sortable table."""
+
+    id: str
+    columns: list[str]
+    numeric: list[bool]
+    rows: list[list[Cell]]
+    degenerate: list[bool]
+
+
+@dataclass
+class FigureRef:
+    """A figure drawn for a page: its path relative to the page, caption, and group."""
+
+    src: str
+    caption: str
+    group: str = ""
+
+
+@dataclass
+class Job:
+    """A figure a section shows, drawn only when the page is written."""
+
+    name: str
+    caption: str
+    draw: Callable[[], Figure]
+    group: str = ""
+    """A section that shows figures in more than one place names each place by a group."""
+
+
+@dataclass
+class Section:
+    """One part of a page: its anchor, title (and shorter link text), the figures it draws and
+    the ``context`` its template macro (named ``id``) reads."""
+
+    id: str
+    title: str
+    nav: str = ""
+    jobs: list[Job] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    drawn: list[FigureRef] = field(default_factory=list)
+
+    def figures(self, group: str = "") -> list[FigureRef]:
+        """The drawn figures of one group, in drawing order."""
+        return [ref for ref in self.drawn if ref.group == group]
+
+
+@dataclass
+class HeaderItem:
+    """One entry of a page's header: text, a small table, or preformatted JSON."""
+
+    label: str
+    text: str = ""
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    preformatted: bool = False
+
+    @property
+    def collapsed(self) -> bool:
+        """Long entries (a config, a font list) fold away so the results stay near the top."""
+        size = len(self.text) + sum(len(cell) for row in self.rows for cell in row)
+        return size > COLLAPSE_CHARS
+
+
+def write_page(page: Path, template: str, header: Mapping[str, Any], default_title: str,
+               plan: Callable[[], list[Section]], prefix: str = "", **context: Any) -> Path:
+    """Draw the sections ``plan`` returns, render them with ``template``, write both; return
+    the page.
+
+    Figures are drawn into a hidden staging folder, named ``<prefix><NN>-<name>.png``; only
+    once all of them and the page text exist do they move into ``figures/`` and is the page
+    written, atomically. If anything fails, an earlier page and every figure it points at are
+    left as they were, and a directory this call created is removed again. Afterwards, figures
+    of this ``prefix`` the page no longer draws are removed, and no other file: pages with
+    different prefixes share one figures folder. ``context`` is what every macro may read.
+    """
+    out_dir = page.parent
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figures_dir = out_dir / FIGURES_DIR
+    staging = Path(tempfile.mkdtemp(prefix=f".{prefix}figures-", dir=out_dir))
+    try:
+        sections = plan()
+        jobs = [(section, job) for section in sections for job in section.jobs]
+        for number, (section, job) in enumerate(jobs, start=1):
+            filename = f"{prefix}{number:02d}-{_slug(job.name)}.png"
+            save_figure(job.draw(), staging / filename)
+            section.drawn.append(FigureRef(f"{FIGURES_DIR}/{filename}", job.caption, job.group))
+        title, items = page_header(header, default_title)
+        text = render(template, title=title, header=items, sections=sections, **context)
+        figures_dir.mkdir(exist_ok=True)
+        written = {path.name for path in staging.iterdir()}
+        for name in sorted(written):
+            os.replace(staging / name, figures_dir / name)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    page = write_atomic(page, lambda tmp: tmp.write_text(text, "utf-8"))
+    own = re.compile(re.escape(prefix) + r"\d+-.*\.png")
+    for stale in figures_dir.glob("*.png"):
+        if own.fullmatch(stale.name) and stale.name not in written:
+            stale.unlink()
+    return page
+
+
+def render(template: str, **context: Any) -> str:
+    """The page: ``base.html.j2`` with each section laid out by its macro in ``template``.
+
+    Everything is HTML-escaped, and undefined names raise instead of rendering as blanks, so a
+    template and its page module never silently drift apart.
+    """
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template("base.html.j2").render(fragments=template, **context)
+
+
+def page_header(header: Mapping[str, Any], default_title: str) -> tuple[str, list[HeaderItem]]:
+    """The page title (``header["title"]`` or ``default_title``) and every other entry."""
+    entries = dict(header)
+    title = str(entries.pop("title", default_title))
+    return title, [_header_item(key, value) for key, value in entries.items()]
+
+
+def _slug(name: str) -> str:
+    """A file name from a dataset or measure name, which may hold any character."""
+    kept = "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in name)
+    return kept.strip("-").lower()[:60] or "figure"
+
+
+# --- tables
+
+
+def build_table(table_id: str, frame: pd.DataFrame,
+                degenerate: Collection[tuple[str, str]] = frozenset(),
+                directions: dict[str, int] | None = None, group_by: list[str] | None = None,
+                row_headers: Collection[str] = ROW_HEADERS,
+                competing: pd.Series | None = None) -> Table:
+    """Cells formatted to 3 decimals, the best value of each scored column marked.
+
+    ``directions`` maps a column to +1 (higher is better) or -1; by default the known metrics.
+    With ``group_by`` the best is found per group, where ranking across groups (different OOD
+    sets or attacks) would compare unlike things. ``competing`` (bool per row of ``frame``)
+    limits the best to some rows, e.g. not a random baseline listed for reference.
+    ``degenerate`` holds (predictive, measure) pairs whose rows are greyed; ``row_headers`` the
+    columns that name a row.
+    """
+    eligible = pd.Series(True, index=range(len(frame))) if competing is None \
+        else pd.Series(list(competing), index=range(len(frame)), dtype=bool)
+    frame = frame.reset_index(drop=True)
+    if directions is None:
+        directions = {c: 1 if c in HIGHER_IS_BETTER else -1 for c in frame.columns
+                      if c in HIGHER_IS_BETTER | LOWER_IS_BETTER}
+    codes = frame.groupby(group_by, sort=False, dropna=False).ngroup() if group_by and len(frame) \
+        else pd.Series(0, index=frame.index)
+    groups = [frame.index[codes == code] for code in codes.unique()]
+    best = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    for column, direction in directions.items():
+        for index in groups:
+            values = frame.loc[index, column].astype(float).where(eligible[index])
+            if values.notna().any():
+                best.loc[index, column] = values == (values.max() if direction > 0
+                                                     else values.min())
+    records = list(frame.astype(object).iterrows())  # object: each cell keeps its own type
+    rows = [[Cell(text(record[c]), _sort_key(record[c]), bool(best.at[i, c]),
+                  row_header=c in row_headers) for c in frame.columns]
+            for i, record in records]
+    greyed = [(record.get("predictive"), record.get("measure")) in degenerate
+              for _, record in records]
+    return Table(table_id, [LABELS.get(c, c.replace("_", " ")) for c in frame.columns],
+                 [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns], rows, greyed)
+
+
+def ordered(frame: pd.DataFrame, by: list[str], ranks: Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """Rows in the study's order of each ``by`` column (``ranks[column]``), not alphabetical:
+    stable, and values a rank list does not name come after the named ones."""
+    def rank(column: pd.Series) -> pd.Series:
+        known = {value: i for i, value in enumerate(dict.fromkeys(ranks[column.name]))}
+        return column.map(lambda value: known.get(value, len(known)))
+
+    return frame.sort_values(by, kind="stable", key=rank)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def text(value: Any) -> str:
+    """A cell's text: floats to 3 decimals, missing values as a dash."""
+    if _missing(value):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _sort_key(value: Any) -> str:
+    """What the page's script sorts by: the full number, or the text; empty for missing."""
+    if _missing(value):
+        return ""
+    return repr(float(value)) if isinstance(value, numbers.Real) else str(value)
+
+
+# --- the header
+
+
+def _header_item(key: str, value: Any) -> HeaderItem:
+    """A readable form of one header entry: text, a small table, or JSON as a last resort."""
+    label = key.replace("_", " ")
+    if key == "seconds" and isinstance(value, int | float):
+        return HeaderItem(label, text=_duration(value))
+    if _simple(value):
+        return HeaderItem(label, text=_header_text(value))
+    if isinstance(value, dict) and all(_simple(v) for v in value.values()):
+        return HeaderItem(label, rows=[[str(k), _header_text(v)] for k, v in value.items()])
+    if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+        columns = list(dict.fromkeys(c for record in value.values() for c in record))
+        return HeaderItem(label, columns=["", *columns],
+                          rows=[[str(name), *(_header_text(record.get(c, "")) for c in columns)]
+                                for name, record in value.items()])
+    if isinstance(value, list | tuple) and value and all(isinstance(v, dict) for v in value):
+        columns = list(dict.fromkeys(c for record in value for c in record))
+        return HeaderItem(label, columns=columns,
+                          rows=[[_header_text(record.get(c, "")) for c in columns]
+                                for record in value])
+    return HeaderItem(label, text=json.dumps(value, indent=2, default=str), preformatted=True)
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def _simple(value: Any) -> bool:
+    """A value that reads well on one line: a scalar or a flat list of scalars."""
+    return _scalar(value) or (isinstance(value, list | tuple) and all(map(_scalar, value)))
+
+
+def _header_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if _scalar(value):
+        return str(value)
+    if _simple(value):
+        return ", ".join(map(_header_text, value))
+    return json.dumps(value, default=str)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{seconds:.1f} s ({hours}:{minutes:02d}:{rest:02d})"
