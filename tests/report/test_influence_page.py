@@ -236,10 +236,6 @@ def test_spread_maps_start_at_zero_on_one_scale(influence_results: InfluenceResu
     for axis in panels:
         norm = axis.images[0].norm
         assert (norm.vmin, norm.vmax) == pytest.approx((0.0, largest))
-    with pytest.raises(DataError, match="negative"):
-        influence_figures.spread_maps(-influence_results.member_std, CLASSES,
-                                      influence_results.constant,
-                                      influence_results.not_converged)
 
 
 def test_performance_maps_each_have_their_own_symmetric_scale(

@@ -267,10 +267,9 @@ def test_confident_images_are_captioned_with_the_predicted_class(
 def test_interpolation_strip_keeps_ends_and_midpoint() -> None:
     assert latent_figures.strip_steps(21).tolist() == [0, 2, 5, 8, 10, 12, 15, 18, 20]
     assert latent_figures.strip_steps(5).tolist() == [0, 1, 2, 3, 4]
-    with pytest.raises(DataError, match=r"scores has none for \('latent', 'a', 'entropy'\)"):
-        latent_figures.interpolation({"pixel": torch.rand(5, 1, 28, 28),
-                                      "latent": torch.rand(5, 1, 28, 28)},
-                                     {("pixel", "a", "entropy"): torch.rand(5)}, ["a"],
+    with pytest.raises(DataError, match=r"scores\[\('pixel', 'a', 'entropy'\)\] has 4 values"):
+        latent_figures.interpolation({"pixel": torch.rand(5, 1, 28, 28)},
+                                     {("pixel", "a", "entropy"): torch.rand(4)}, ["a"],
                                      ["entropy"])
 
 

@@ -21,7 +21,6 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from trustmap.errors import DataError
 from trustmap.report import plot
 from trustmap.report.plot import SIGNED_CMAP, SPREAD_CMAP
 from trustmap.uncertainty import MEASURES
@@ -58,13 +57,9 @@ def change_label(name: str) -> str:
 # --- checks and small helpers
 
 
-def _mask(value: Any, what: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A bool mask of ``shape`` (the maps' pixels)."""
-    mask = torch.as_tensor(value).detach().cpu()
-    if mask.dtype != torch.bool or tuple(mask.shape) != shape:
-        raise DataError(f"{what} is {mask.dtype} of shape {tuple(mask.shape)}; expected a bool "
-                        f"mask of the maps' shape {shape}")
-    return mask.numpy()
+def _mask(value: Any) -> np.ndarray:
+    """A bool mask of the maps' pixels (the page checked its shape and dtype)."""
+    return torch.as_tensor(value).detach().cpu().bool().numpy()
 
 
 def _cmap(name: str) -> Colormap:
@@ -104,12 +99,7 @@ def _mask_legend(figure: Figure, constant: np.ndarray, missed: np.ndarray) -> No
 def _class_maps(maps: Any, classes: Sequence[str], constant: Any, not_converged: Any,
                 what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     values = plot.array(maps, what, 3, "[K, H, W] one map per class")
-    if len(classes) != len(values):
-        raise DataError(f"{len(classes)} class names for {len(values)} maps in {what}; give one "
-                        "name per map")
-    shape = values.shape[1:]
-    return values, _mask(constant, "constant", shape), _mask(not_converged, "not_converged",
-                                                             shape)
+    return values, _mask(constant), _mask(not_converged)
 
 
 def _class_panels(values: np.ndarray, classes: Sequence[str], constant: np.ndarray,
@@ -146,8 +136,6 @@ def spread_maps(std: Any, classes: Sequence[str], constant: Any, not_converged: 
                 title: str = "") -> Figure:
     """Each class's std over members [K, H, W], sequential, one scale from 0 for all."""
     values, still, missed = _class_maps(std, classes, constant, not_converged, "std")
-    if (values < 0).any():
-        raise DataError("std holds negative values; a standard deviation is never below zero")
     largest = float(values.max())
     return _class_panels(values, classes, still, missed, SPREAD_CMAP,
                          Normalize(0.0, largest if largest > 0 else 1.0),
@@ -161,15 +149,9 @@ def change_maps(maps: Mapping[str, Any], labels: Mapping[str, str], constant: An
                 not_converged: Any, title: str = "") -> Figure:
     """One panel per name of ``maps`` (each [H, W]), diverging on its own symmetric scale
     with its own colorbar labelled ``labels[name]``: metrics differ in units and range."""
-    if not maps:
-        raise DataError("no maps given; pass at least one name -> [H, W] map")
     planes = {name: plot.array(value, f"maps[{name!r}]", 2, "[H, W] one value per pixel")
               for name, value in maps.items()}
-    shape = next(iter(planes.values())).shape
-    for name, plane in planes.items():
-        plot.same_shape(plane, shape, f"maps[{name!r}]", "the first map")
-    still = _mask(constant, "constant", shape)
-    missed = _mask(not_converged, "not_converged", shape)
+    still, missed = _mask(constant), _mask(not_converged)
     figure, axes = plot.panels(len(planes), 3, 3.1, 2.9)
     for axis, (name, plane) in zip(axes.flat, planes.items(), strict=False):
         shown = _show(axis, plane, still, _cmap(SIGNED_CMAP), plot.symmetric(plot.limit(plane)))
@@ -199,21 +181,9 @@ def influence_curves(targets: Any, values: Any, converged: Any,
     """
     goal = plot.array(targets, "targets", 2, "[T, Q] target means")
     count = len(pixels)
-    if goal.shape[1] != count or count == 0:
-        raise DataError(f"targets has shape {goal.shape} for {count} pixels; expected [T, Q] "
-                        "with Q the number of pixels, at least one")
-    probability = plot.array(values, "values", 3, f"[T, Q, K] = [{goal.shape[0]}, {count}, "
-                         f"{len(classes)}]")
-    if probability.shape != (*goal.shape, len(classes)):
-        raise DataError(f"values has shape {probability.shape}; expected [T, Q, K] = "
-                        f"{(*goal.shape, len(classes))}, one probability per class")
-    done = _mask(converged, "converged", goal.shape)
+    probability = plot.array(values, "values", 3, "[T, Q, K]")
+    done = _mask(converged)
     picture = plot.array(mean_image, "mean_image", 2, "[H, W]")
-    height, width = picture.shape
-    for row, column in pixels:
-        if not (0 <= row < height and 0 <= column < width):
-            raise DataError(f"curve pixel ({row}, {column}) lies outside the {height}x{width} "
-                            "mean image")
     colours = plot.palette(len(classes))
     figure, axes = plot.panels(count + 1, CURVE_COLUMNS, 3.0, 2.6)
     axis = axes.flat[0]

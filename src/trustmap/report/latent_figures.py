@@ -83,14 +83,7 @@ def hull_outline(codes: np.ndarray) -> np.ndarray:
 
 def _codes(codes: Any, code_labels: Any, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     points = plot.array(codes, "codes", 2, "[M, 2] latent codes")
-    if points.shape[1] != 2 or len(points) < 3:
-        raise DataError(f"codes has shape {points.shape}; expected [M, 2] codes of a 2-D latent "
-                        "space, at least 3 of them so their convex hull has an area")
-    labels = torch.as_tensor(code_labels).detach().cpu()
-    if labels.shape != (len(points),) or labels.is_floating_point():
-        raise DataError(f"code_labels has shape {tuple(labels.shape)} ({labels.dtype}); expected "
-                        f"[{len(points)}] integer class indices, one per code")
-    labels = labels.long().numpy()
+    labels = torch.as_tensor(code_labels).detach().cpu().long().numpy()
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise DataError(f"code_labels hold classes {labels.min()}..{labels.max()} but there are "
                         f"{len(classes)} class names; give a name for every class")
@@ -114,16 +107,8 @@ def uncertainty_maps(maps: Mapping[tuple[str, str], Any], predictives: Sequence[
     hull outlined, and ``confident`` (predictive -> grid indices) marked with red crosses.
     """
     _resolution(resolution, bound)
-    if not predictives or not measures:
-        raise DataError("no predictives or no measures given; name at least one of each")
-    planes = {}
-    for predictive in predictives:
-        for measure in measures:
-            if (predictive, measure) not in maps:
-                raise DataError(f"maps has none for ({predictive!r}, {measure!r}); give one "
-                                "[R*R] map per predictive and measure")
-            planes[predictive, measure] = grid_map(maps[predictive, measure], resolution,
-                                                   f"maps[{predictive!r}, {measure!r}]")
+    planes = {(p, m): grid_map(maps[p, m], resolution, f"maps[{p!r}, {m!r}]")
+              for p in predictives for m in measures}
     points, labels = _codes(codes, code_labels, classes)
     outline = hull_outline(points)
     shown = np.arange(len(points))
@@ -134,9 +119,6 @@ def uncertainty_maps(maps: Mapping[tuple[str, str], Any], predictives: Sequence[
     marks = {}
     for predictive, indices in (confident or {}).items():
         index = torch.as_tensor(indices).detach().cpu().long().numpy().reshape(-1)
-        if len(index) and (index.min() < 0 or index.max() >= resolution ** 2):
-            raise DataError(f"confident[{predictive!r}] holds indices outside the grid's "
-                            f"{resolution ** 2} points")
         marks[predictive] = np.stack([axis_values[index % resolution],
                                       axis_values[index // resolution]], axis=1)
     colours = plot.palette(len(classes))
@@ -239,8 +221,6 @@ def confident_images(images: Mapping[str, Any], captions: Mapping[str, Sequence[
     ``images`` maps a row name to [K, C, H, W]; ``captions`` gives K texts for that row (e.g.
     the predicted class). A row with no images says so instead of leaving a blank.
     """
-    if not images:
-        raise DataError("no rows of images given; pass at least one name -> [K, C, H, W]")
     rows = {}
     for name, value in images.items():
         pictures = torch.as_tensor(value)
@@ -248,10 +228,6 @@ def confident_images(images: Mapping[str, Any], captions: Mapping[str, Sequence[
             rows[name] = np.zeros((0, 1, 1))
             continue
         rows[name] = plot.images(value, f"images[{name!r}]", 4, "[K, C, H, W]")
-        if name not in captions or len(captions[name]) != len(rows[name]):
-            got = len(captions[name]) if name in captions else "no"
-            raise DataError(f"{got} captions for the {len(rows[name])} images of {name!r}; give "
-                            "one per image")
     columns = max(MIN_COLUMNS, max(len(pictures) for pictures in rows.values()))
     figure, axes = plt.subplots(len(rows), columns, squeeze=False, layout="constrained",
                                 figsize=(1.05 * columns + 1.4, 1.45 * len(rows) + 0.6))
@@ -295,8 +271,6 @@ def interpolation(strips: Mapping[str, Any], scores: Mapping[tuple[str, str, str
     measure), drawn under the strip, a panel per measure sharing its y axis across paths and a
     line per entry of ``lines`` (e.g. architectures). The dotted line marks the midpoint.
     """
-    if not strips or not lines or not measures:
-        raise DataError("interpolation needs at least one path, one line and one measure")
     pictures = {path: plot.images(value, f"strips[{path!r}]", 4, "[steps, C, H, W]")
                 for path, value in strips.items()}
     curves = {}
@@ -306,9 +280,6 @@ def interpolation(strips: Mapping[str, Any], scores: Mapping[tuple[str, str, str
         for line in lines:
             for measure in measures:
                 key = (path, line, measure)
-                if key not in scores:
-                    raise DataError(f"scores has none for {key}; give [steps] scores per path, "
-                                    "line and measure")
                 curves[key] = plot.array(scores[key], f"scores[{key}]", 1, "[steps]")
                 if len(curves[key]) != len(images):
                     raise DataError(f"scores[{key}] has {len(curves[key])} values for "
@@ -354,20 +325,13 @@ def midpoint_histograms(scores: Mapping[tuple[str, str], Any], measures: Sequenc
                         paths: Sequence[str], title: str = "", bins: int = 20) -> Figure:
     """Each measure's scores at the midpoints of every pair, one panel per measure, a histogram
     per path over shared bins, medians dashed."""
-    if not measures or not paths:
-        raise DataError("no measures or no paths given; name at least one of each")
     colours = {path: PATH_COLOURS.get(path, colour)
                for path, colour in zip(paths, plot.palette(len(paths)), strict=True)}
     figure, axes = plt.subplots(1, len(measures), squeeze=False, layout="constrained",
                                 figsize=(3.8 * len(measures) + 0.4, 3.1))
     for axis, measure in zip(axes[0], measures, strict=True):
-        values = {}
-        for path in paths:
-            if (measure, path) not in scores:
-                raise DataError(f"scores has none for ({measure!r}, {path!r}); give [pairs] "
-                                "midpoint scores per measure and path")
-            values[path] = plot.array(scores[measure, path], f"scores[{measure!r}, {path!r}]", 1,
-                                  "[pairs]")
+        values = {path: plot.array(scores[measure, path], f"scores[{measure!r}, {path!r}]", 1,
+                                   "[pairs]") for path in paths}
         edges = np.histogram_bin_edges(np.concatenate(list(values.values())), bins=bins)
         for path, scored in values.items():
             median = float(np.median(scored))

@@ -19,7 +19,6 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from trustmap.errors import DataError
 from trustmap.report import plot
 from trustmap.report.plot import SIGNED_CMAP
 
@@ -60,24 +59,10 @@ def heatmap_grid(image: torch.Tensor, mask: torch.Tensor,
     under it), since methods differ by orders of magnitude; a non-negative map simply uses
     the red half.
     """
-    if not architectures or not methods:
-        raise DataError("no architectures or no methods given; name at least one of each")
     shown = plot.images(image, "image", 3, "one gray [1, H, W]")
-    if shown.ndim != 2:
-        raise DataError(f"image has shape {tuple(image.shape)}; expected one gray [1, H, W]")
-    region = torch.as_tensor(mask).detach().cpu().numpy().astype(bool)
-    plot.same_shape(region, (1, *shown.shape), "mask", "the image")
-    region = region[0]
-    planes = {}
-    for architecture in architectures:
-        for method in methods:
-            if (architecture, method) not in maps:
-                raise DataError(f"maps has none for ({architecture!r}, {method!r}); give one "
-                                "map per architecture and method")
-            planes[architecture, method] = _plane(maps[architecture, method],
-                                                  f"maps[{architecture!r}, {method!r}]")
-            plot.same_shape(planes[architecture, method], shown.shape,
-                            f"maps[{architecture!r}, {method!r}]", "the image")
+    region = torch.as_tensor(mask).detach().cpu().numpy().astype(bool)[0]
+    planes = {(a, m): _plane(maps[a, m], f"maps[{a!r}, {m!r}]")
+              for a in architectures for m in methods}
     height, width = shown.shape
     rows, columns = len(architectures), 1 + len(methods)
     cell = CELL_WIDTH * height / width + 0.3
@@ -158,8 +143,6 @@ def step_profiles(steps: pd.DataFrame, architectures: Sequence[str], methods: Se
     """
     plot.frame(steps, ["architecture", "method", "step", "share"], "step profiles")
     last = int(steps["step"].max())
-    if not 0 <= ideal_steps <= last:
-        raise DataError(f"ideal_steps={ideal_steps} lies outside the profile's steps 1..{last}")
     colours = plot.colours(methods)
     figure, axes = plot.panels(len(architectures), 3, 3.6, 2.8, margin=1.8,
                                sharex=True, sharey=True)
@@ -194,10 +177,6 @@ def aopc_curves(curves: pd.DataFrame, architectures: Sequence[str],
     """
     keys = ["architecture", "method", "order", "step"]
     plot.frame(curves, [*keys, "mean"], "perturbation curves", unique=keys)
-    unknown = sorted(set(curves["order"]) - set(ORDER_STYLES) - {RANDOM_ORDER})
-    if unknown:
-        raise DataError(f"perturbation curves have unknown orders {unknown}; use "
-                        f"{[*ORDER_STYLES, RANDOM_ORDER]}")
     others = [m for m in dict.fromkeys(curves.loc[curves["order"] != RANDOM_ORDER, "method"])
               if m not in methods]
     colours = plot.colours([*methods, *others])
