@@ -8,7 +8,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Shared foundations any layer may use, then the flow in order.
-FOUNDATION = {"trustmap", "trustmap.errors", "trustmap.atomic"}
+FOUNDATION = {"trustmap", "trustmap.errors", "trustmap.atomic", "trustmap.persist"}
 LAYERS = ["data", "models", "training", "predictive", "uncertainty", "explain", "evaluate",
           "report", "studies", "cli"]
 

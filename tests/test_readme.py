@@ -30,8 +30,8 @@ def test_main_command_installs_the_cpu_torch_pin() -> None:
 def test_the_readme_config_example_is_the_default_config() -> None:
     import tomllib
 
-    from trustmap.studies.config import RunConfig, parse_config, validate
+    from trustmap.studies.registry import load_settings
 
     block = re.search(r"```toml\n(.+?)```", (ROOT / "README.md").read_text(), re.S)
     assert block, "README has no ```toml example"
-    assert validate(parse_config(tomllib.loads(block.group(1)))) == RunConfig()
+    assert load_settings(None, overrides=tomllib.loads(block.group(1))) == load_settings()

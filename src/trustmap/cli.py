@@ -54,14 +54,9 @@ def friendly_errors(command: F) -> F:
 
 
 def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a torch device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available; "
-                          "use --device cpu")
-    return device
+    from trustmap.studies.settings import torch_device
+
+    return torch_device(name, "--device")
 
 
 @app.callback()
@@ -72,42 +67,82 @@ def main(version: Annotated[bool, typer.Option("--version", help="Print the vers
         raise typer.Exit()
 
 
-# --- run -------------------------------------------------------------------------------------
+# --- run and the studies --------------------------------------------------------------------
+
+Config = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="TOML settings file: the same tables for every command "
+                           "(see the README).")]
+
+
+def _log(quiet: bool) -> Callable[[str], None]:
+    return (lambda message: None) if quiet else (lambda message: console.print(message))
+
+
+def _device_override(device: str | None) -> dict[str, Any]:
+    return {} if device is None else {"device": device}
+
 
 @app.command()
 @friendly_errors
 def run(
-    config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="TOML file selecting models, data, measures, attacks.")] = None,
+    config: Config = None,
     name: Annotated[str | None, typer.Option(help="Run name: output goes to RUNS_DIR/NAME.")]
     = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
+    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """The main job: train (or reuse) an ensemble, measure uncertainty on ID, OOD and
     adversarial inputs, and write report.html, metrics.json and per_sample.parquet."""
-    import dataclasses
+    from trustmap.studies.registry import load_settings
+    from trustmap.studies.registry import run as run_all
 
-    from trustmap.studies.config import RunConfig, load_config
-    from trustmap.studies.uncertainty_measures import run as run_study
-
-    settings = load_config(config) if config is not None else RunConfig()
-    if name is not None:
-        settings = dataclasses.replace(settings, name=name)
-    log = (lambda message: None) if quiet else (lambda message: console.print(message))
-    report = run_study(settings, runs_dir, progress=not quiet, log=log,
-                       command="trustmap run" + (f" --config {config}" if config else ""))
+    overrides = {**({"name": name} if name is not None else {}), **_device_override(device)}
+    settings = load_settings(None, config, overrides)
+    report = run_all(settings, runs_dir / settings.name, progress=not quiet, log=_log(quiet),
+                     command="trustmap run" + (f" --config {config}" if config else ""))
     console.print(f"report: {report}")
 
 
-# --- studies ---------------------------------------------------------------------------------
+@app.command()
+@friendly_errors
+def redraw(
+    directory: Annotated[Path, typer.Argument(help="A finished run or study, e.g. runs/default.")],
+    quiet: Quiet = False,
+) -> None:
+    """Draw the page of a finished run or study again from its saved results, computing
+    nothing (after a trustmap upgrade, or to get back a page that was deleted)."""
+    from trustmap.studies.registry import redraw as redraw_page
+
+    console.print(f"report: {redraw_page(directory, log=_log(quiet))}")
+
+
+def _study(name: str, out: Path | None, default_out: str, config: Path | None,
+           overrides: dict[str, Any], quiet: bool, command: str) -> None:
+    """Load the settings of study ``name``, run it, and print where its page is."""
+    from trustmap.studies.registry import load_settings, run_study
+
+    settings = load_settings(name, config, overrides)
+    target = out if out is not None else Path("runs") / default_out
+    started = time.perf_counter()
+    report = run_study(name, settings, target, progress=not quiet, log=_log(quiet),
+                       command=f"{command} --out {target}"
+                               + (f" --config {config}" if config else ""))
+    console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
+
+
+def _set(table: str, **values: Any) -> dict[str, Any]:
+    """Command-line options as settings overrides; options left out are not set."""
+    given = {key: value for key, value in values.items() if value is not None}
+    return {table: given} if given else {}
+
 
 @study_app.command("recurrent")
 @friendly_errors
 def study_recurrent(
-    data: Annotated[str, typer.Option(
+    data: Annotated[str | None, typer.Option(
         help="Sequence dataset: mnist-embedded-3-maj (ships with the install), fashion-3-maj, "
-             "mnist-3-maj, or any dataset name + '-3-maj'.")] = "mnist-embedded-3-maj",
+             "mnist-3-maj, or any dataset name + '-3-maj'.")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Output directory (default runs/recurrent-DATA); trained models there are reused.")]
     = None,
@@ -115,103 +150,107 @@ def study_recurrent(
         help="Comma-separated architectures (default: all six).")] = None,
     methods: Annotated[str | None, typer.Option(
         help="Comma-separated methods (default: all five).")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs per architecture.")] = 30,
-    n: Annotated[int, typer.Option(help="Test samples explained.")] = 500,
-    aopc_n: Annotated[int, typer.Option(help="Of those, how many get perturbation curves.")]
-    = 200,
-    device: Device = "cpu",
+    epochs: Annotated[int | None, typer.Option(help="Training epochs per architecture "
+                                                    "[default: 30].")] = None,
+    n: Annotated[int | None, typer.Option(help="Test samples explained [default: 500].")]
+    = None,
+    aopc_n: Annotated[int | None, typer.Option(
+        help="Of those, how many get perturbation curves [default: 200].")] = None,
+    config: Config = None,
+    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Seed 002: train (or reuse) the recurrent architectures on 3-item majority sequences,
     explain them with every method, and report accuracy, relevance in the data region, AOPC."""
-    from trustmap.studies.recurrent_relevance import RecurrentConfig, run
+    overrides = {**_device_override(device),
+                 **_set("recurrent", data=data, epochs=epochs, explain_n=n, aopc_n=aopc_n,
+                        architectures=_names(architectures), methods=_names(methods))}
+    from trustmap.studies.registry import load_settings
 
-    defaults = RecurrentConfig()
-    config = RecurrentConfig(
-        data=data, epochs=epochs, explain_n=n, aopc_n=aopc_n, device=str(_device(device)),
-        architectures=_names(architectures) or defaults.architectures,
-        methods=_names(methods) or defaults.methods)
-    log = (lambda message: None) if quiet else (lambda message: console.print(message))
-    target = out if out is not None else Path("runs") / f"recurrent-{data}"
-    started = time.perf_counter()
-    report = run(config, target, progress=not quiet, log=log,
-                 command=f"trustmap study recurrent --data {data} --epochs {epochs} "
-                         f"--out {target}")
-    console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
+    shown = data or load_settings("recurrent", config, overrides).recurrent.data
+    _study("recurrent", out, f"recurrent-{shown}", config, overrides, quiet,
+           f"trustmap study recurrent --data {shown}"
+           + (f" --epochs {epochs}" if epochs is not None else ""))
 
 
 @study_app.command("latent")
 @friendly_errors
 def study_latent(
-    data: Annotated[str, typer.Option(help="In-distribution dataset the VAE and models learn.")]
-    = "mnist-embedded",
+    data: Annotated[str | None, typer.Option(
+        help="In-distribution dataset the VAE and models learn [default: mnist-embedded].")]
+    = None,
     out: Annotated[Path | None, typer.Option(
         help="Output directory (default runs/latent-DATA); trained models there are reused.")]
     = None,
     architectures: Annotated[str | None, typer.Option(
         help="Comma-separated zoo models (default: lenet5,alexnet,resnet34).")] = None,
-    members: Annotated[int, typer.Option(help="Ensemble members per architecture.")] = 5,
-    epochs: Annotated[int, typer.Option(help="Training epochs per member.")] = 5,
-    vae_epochs: Annotated[int, typer.Option(help="Training epochs of the VAE.")] = 20,
-    resolution: Annotated[int, typer.Option(help="Grid points per latent axis.")] = 40,
-    pairs: Annotated[int, typer.Option(help="Interpolation pairs for the midpoints.")] = 1000,
-    mc_samples: Annotated[int, typer.Option(help="Dropout passes per MC-dropout model.")] = 10,
-    device: Device = "cpu",
+    members: Annotated[int | None, typer.Option(help="Ensemble members per architecture.")]
+    = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs per member.")] = None,
+    vae_epochs: Annotated[int | None, typer.Option(help="Training epochs of the VAE.")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Grid points per latent axis.")] = None,
+    pairs: Annotated[int | None, typer.Option(help="Interpolation pairs for the midpoints.")]
+    = None,
+    mc_samples: Annotated[int | None, typer.Option(help="Dropout passes per MC-dropout model.")]
+    = None,
+    config: Config = None,
+    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Seed 003: train a 2-D VAE and ensembles, map each model's uncertainty over the decoded
     latent grid, and compare interpolations in pixel and latent space."""
-    from trustmap.studies.latent_maps import LatentConfig, run
+    overrides = {**_device_override(device),
+                 **_set("data", in_distribution=data),
+                 **_set("predictives", mc_samples=mc_samples),
+                 **_set("latent", architectures=_names(architectures), members=members,
+                        epochs=epochs, vae_epochs=vae_epochs, resolution=resolution,
+                        pairs=pairs)}
+    from trustmap.studies.registry import load_settings
 
-    config = LatentConfig(
-        data=data, members=members, epochs=epochs, vae_epochs=vae_epochs,
-        resolution=resolution, pairs=pairs, mc_samples=mc_samples, device=str(_device(device)),
-        architectures=_names(architectures) or LatentConfig().architectures)
-    log = (lambda message: None) if quiet else (lambda message: console.print(message))
-    target = out if out is not None else Path("runs") / f"latent-{data}"
-    started = time.perf_counter()
-    report = run(config, target, progress=not quiet, log=log,
-                 command=f"trustmap study latent --data {data} --out {target}")
-    console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
+    shown = load_settings("latent", config, overrides).data.in_distribution
+    _study("latent", out, f"latent-{shown}", config, overrides, quiet,
+           f"trustmap study latent --data {shown}")
 
 
 @study_app.command("influence")
 @friendly_errors
 def study_influence(
-    data: Annotated[str, typer.Option(help="Grayscale dataset: trained on its train split, "
-                                           "mapped on its test split.")] = "mnist-embedded",
+    data: Annotated[str | None, typer.Option(
+        help="Grayscale dataset: trained on its train split, mapped on its test split "
+             "[default: mnist-embedded].")] = None,
     out: Annotated[Path | None, typer.Option(
         help="Output directory (default runs/influence-DATA); trained models there are reused.")]
     = None,
-    architecture: Annotated[str, typer.Option(
-        help="Zoo model of the ensemble (seed 004: cnn, the Keras MNIST CNN).")] = "cnn",
-    members: Annotated[int, typer.Option(help="Ensemble members.")] = 5,
-    epochs: Annotated[int, typer.Option(help="Training epochs per member.")] = 5,
-    images: Annotated[int, typer.Option(
-        help="Test images projected: 0 for the whole test split, else its first N.")] = 0,
-    curve_pixels: Annotated[int, typer.Option(
-        help="Pixels of largest influence whose curves are drawn.")] = 4,
-    device: Device = "cpu",
+    architecture: Annotated[str | None, typer.Option(
+        help="Zoo model of the ensemble (seed 004: cnn, the Keras MNIST CNN).")] = None,
+    members: Annotated[int | None, typer.Option(help="Ensemble members.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs per member.")] = None,
+    images: Annotated[int | None, typer.Option(
+        help="Test images projected: 0 for the whole test split, else its first N.")] = None,
+    curve_pixels: Annotated[int | None, typer.Option(
+        help="Pixels of largest influence whose curves are drawn.")] = None,
+    config: Config = None,
+    device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
     quiet: Quiet = False,
 ) -> None:
     """Seed 004: train (or reuse) an ensemble and map, by entropic projection of the test set,
     how each pixel moves its class probabilities, accuracy, log-loss and uncertainty."""
-    from trustmap.studies.influence_maps import InfluenceConfig, run
+    overrides = {**_device_override(device),
+                 **_set("data", in_distribution=data),
+                 **_set("influence", architecture=architecture, members=members,
+                        epochs=epochs, images=images, curve_pixels=curve_pixels)}
+    from trustmap.studies.registry import load_settings
 
-    config = InfluenceConfig(data=data, architecture=architecture, members=members,
-                             epochs=epochs, images=images, curve_pixels=curve_pixels,
-                             device=str(_device(device)))
-    log = (lambda message: None) if quiet else (lambda message: console.print(message))
-    target = out if out is not None else Path("runs") / f"influence-{data}"
-    started = time.perf_counter()
-    report = run(config, target, progress=not quiet, log=log,
-                 command=f"trustmap study influence --data {data} --architecture {architecture}"
-                         f" --out {target}")
-    console.print(f"report: {report}  ({time.perf_counter() - started:.0f} s)")
+    settings = load_settings("influence", config, overrides)
+    shown = settings.data.in_distribution
+    _study("influence", out, f"influence-{shown}", config, overrides, quiet,
+           f"trustmap study influence --data {shown} --architecture "
+           f"{settings.influence.architecture}")
 
 
-def _names(option: str | None) -> tuple[str, ...]:
-    return tuple(name.strip() for name in option.split(",") if name.strip()) if option else ()
+def _names(option: str | None) -> list[str] | None:
+    """A comma-separated option as a list of names; None where it was not given."""
+    return [name.strip() for name in option.split(",") if name.strip()] if option else None
 
 
 # --- data ------------------------------------------------------------------------------------

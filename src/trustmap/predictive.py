@@ -8,8 +8,8 @@ models (S = M x T, one mixture) all feed the same measures.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -26,14 +26,10 @@ class Prediction:
     """One pass of a predictive over a batch, with everything derived from it.
 
     Holds the logits of every sample [S, N, K]; probabilities and the rest are derived once,
-    on first use, so every uncertainty measure reads the same forward passes. Measures of
-    explanation disagreement also read ``sample_attributions``: method name -> the maps
-    [S, N, C, H, W] of every sample for the predicted class (``trustmap.explain.aggregate``
-    attaches them).
+    on first use, so every uncertainty measure reads the same forward passes.
     """
 
     sample_logits: torch.Tensor  # [S, N, K]
-    sample_attributions: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @classmethod
     def from_probs(cls, probs: torch.Tensor) -> Prediction:

@@ -1,8 +1,9 @@
 """Uncertainty measures: one score per input from a Prediction's samples [S, N, K].
 
 Every measure returns a float tensor [N] where higher means more uncertain (DESIGN.md), with
-natural logarithms (nats). Measures live in a registry so that the report, the CLI and later
-measures (explanation disagreement) are all listed, described and computed the same way.
+natural logarithms (nats). Measures live in a registry so that the report and the CLI list,
+describe and compute them the same way. Measures of how much the samples' explanations
+disagree read maps, not probabilities: ``trustmap.explain.disagreement``.
 """
 
 from __future__ import annotations
@@ -79,16 +80,13 @@ class Measure:
     """A registered uncertainty measure and what a report needs to show it honestly.
 
     ``needs_multiple_samples`` marks measures that are degenerate for S = 1 (constant, or equal to
-    another measure): they are still computed, and a report can grey them out. ``attributions``
-    names the attribution method a measure of explanation disagreement reads from
-    ``prediction.sample_attributions``; None for measures of the probabilities alone.
+    another measure): they are still computed, and a report can grey them out.
     """
 
     name: str
     definition: str
     compute: Callable[[Prediction], torch.Tensor]
     needs_multiple_samples: bool
-    attributions: str | None = None
 
 
 _REGISTRY: dict[str, Measure] = {}
@@ -133,22 +131,9 @@ def _check(prediction: Prediction) -> None:
 
 def compute(prediction: Prediction, names: Iterable[str] | None = None
             ) -> dict[str, torch.Tensor]:
-    """Scores [N] of the named measures, keyed by name.
-
-    By default: every registered measure the prediction can feed (explanation measures only
-    when their maps are attached); a named measure whose maps are missing raises.
-    """
-    if names is None:
-        selected = [m for m in _REGISTRY.values()
-                    if m.attributions is None or m.attributions in prediction.sample_attributions]
-    else:
-        selected = [get(n) for n in names]
+    """Scores [N] of the named measures (default: every registered one), keyed by name."""
+    selected = list(_REGISTRY.values()) if names is None else [get(n) for n in names]
     _check(prediction)
-    for measure in selected:
-        if measure.attributions and measure.attributions not in prediction.sample_attributions:
-            raise ConfigError(f"measure {measure.name!r} reads the {measure.attributions!r} maps "
-                              "of every sample, which this prediction does not carry; attach "
-                              "them with trustmap.explain.aggregate.explained(...)")
     return {measure.name: measure.compute(prediction) for measure in selected}
 
 

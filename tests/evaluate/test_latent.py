@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import trustmap.explain.aggregate  # noqa: F401  (registers the attribution measures)
 from trustmap import uncertainty
 from trustmap.errors import ConfigError, DataError
 from trustmap.evaluate import latent
@@ -142,7 +141,7 @@ def test_scores_equal_the_measures_of_each_predictives_prediction(predictives):
 
 def test_default_measures_are_those_of_the_probabilities(predictives):
     scored = score_images(_images(2), {"single": predictives["single"]})
-    expected = [m.name for m in uncertainty.MEASURES.values() if m.attributions is None]
+    expected = list(uncertainty.MEASURES)
     assert list(scored.scores["single"]) == expected
 
 
@@ -158,8 +157,8 @@ def test_scoring_checks_names_before_any_forward_pass(predictives):
         score_images(_images(2), boom, "entropy")
     with pytest.raises(ConfigError, match="empty"):
         score_images(_images(2), boom, [])
-    with pytest.raises(ConfigError, match="attribution maps"):
-        score_images(_images(2), boom, ["gradcam_cv"])
+    with pytest.raises(ConfigError, match="unknown uncertainty measure 'gradcam_cv'"):
+        score_images(_images(2), boom, ["gradcam_cv"])  # a score of maps, not of probabilities
     with pytest.raises(ConfigError, match="non-empty mapping"):
         score_images(_images(2), {}, ["entropy"])
     with pytest.raises(ConfigError, match="not a Predictive"):

@@ -11,12 +11,11 @@ from scipy import stats
 from torch import nn
 
 from trustmap.errors import ConfigError, DataError
+from trustmap.explain import disagreement
 from trustmap.explain.aggregate import (
-    DISAGREEMENT_METHODS,
     attribute_samples,
     class_saliency,
     cosine_disagreement,
-    explained,
     rank_disagreement,
     seed000_uncertainty,
     summarize,
@@ -25,7 +24,7 @@ from trustmap.explain.gradient import gradient
 from trustmap.explain.methods import get
 from trustmap.models import build
 from trustmap.predictive import Ensemble, EnsembleMC, MCDropout, Single
-from trustmap.uncertainty import MEASURES, compute
+from trustmap.uncertainty import MEASURES
 
 
 @pytest.fixture(scope="module")
@@ -139,21 +138,23 @@ def test_rank_and_cosine_disagreement() -> None:
     torch.testing.assert_close(rank_disagreement(samples[:1]), torch.zeros(2))
 
 
-def test_measures_are_registered_and_read_the_attached_maps(members: list[nn.Module],
-                                                            x: torch.Tensor) -> None:
-    registered = {m.attributions for m in MEASURES.values() if m.attributions}
-    assert registered == set(DISAGREEMENT_METHODS)
+def test_disagreement_measures_read_the_maps_of_their_method(members: list[nn.Module],
+                                                             x: torch.Tensor) -> None:
+    assert {m.method for m in disagreement.MEASURES.values()} == set(disagreement.METHODS)
+    assert not set(disagreement.MEASURES) & set(MEASURES)  # two registries, no name in both
     predictive = Ensemble(members)
-    prediction = predictive.predict(x)
-    assert "gradcam_cv" not in compute(prediction)  # maps not attached: left out
-    with pytest.raises(ConfigError, match="does not carry"):
-        compute(prediction, ["gradcam_cv"])
-    with_maps = explained(prediction, predictive, x, ["gradcam"])
-    scores = compute(with_maps, ["gradcam_cv", "gradcam_rank_disagreement", "entropy"])
     maps = attribute_samples("gradcam", predictive, x)
+    scores = disagreement.compute({"gradcam": maps}, ["gradcam_cv", "gradcam_rank_disagreement"])
     torch.testing.assert_close(scores["gradcam_cv"], seed000_uncertainty(maps))
     torch.testing.assert_close(scores["gradcam_rank_disagreement"], rank_disagreement(maps))
-    assert "gradcam_cv" in compute(with_maps)  # attached: included by default
+    assert disagreement.by_method(["gradient_rank_disagreement", "gradcam_cv",
+                                   "gradient_cosine_disagreement"]) == {
+        "gradient": ["gradient_rank_disagreement", "gradient_cosine_disagreement"],
+        "gradcam": ["gradcam_cv"]}
+    with pytest.raises(ConfigError, match="read the 'gradient' maps"):
+        disagreement.compute({"gradcam": maps}, ["gradient_rank_disagreement"])
+    with pytest.raises(ConfigError, match="did you mean 'gradcam_cv'"):
+        disagreement.by_method(["gradcam_vc"])
 
 
 def test_class_saliency_is_mean_and_standard_error() -> None:

@@ -10,19 +10,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import trustmap.explain.aggregate  # noqa: F401  (registers the attribution-based measures)
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.explain import influence
 from trustmap.predictive import Prediction
 from trustmap.report.results import PROJECTION_KEYS, InfluenceResults
 from trustmap.studies import influence_maps
-from trustmap.studies.influence_maps import InfluenceConfig, run, top_pixels, validate
+from trustmap.studies.influence_maps import top_pixels
+from trustmap.studies.registry import load_settings, run_study
 from trustmap.training import forward_in_batches, load_ensemble
 from trustmap.uncertainty import entropy
 
-TINY = InfluenceConfig(architecture="lenet5", members=2, epochs=1, images=64, curve_taus=5)
-STEPS = ["training", "prediction", "projection", "influence", "members", "performance",
+TINY = {"architecture": "lenet5", "members": 2, "epochs": 1, "images": 64, "curve_taus": 5}
+STEPS = ["prediction", "projection", "influence", "members", "performance",
          "uncertainty", "curves"]
 
 
@@ -34,7 +34,11 @@ class Study:
     log: list[str]
 
 
-def _run(out: Path, config: InfluenceConfig = TINY) -> Study:
+def _settings(**changes: object) -> object:
+    return load_settings("influence", overrides={"influence": {**TINY, **changes}})
+
+
+def _run(out: Path, **changes: object) -> Study:
     """Run the study, keeping what it handed to the (real) report writer."""
     handed: list[InfluenceResults] = []
     writer = influence_maps.write_influence_report
@@ -46,7 +50,8 @@ def _run(out: Path, config: InfluenceConfig = TINY) -> Study:
     lines: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(influence_maps, "write_influence_report", recording)
-        report = run(config, out, progress=False, log=lines.append)
+        report = run_study("influence", _settings(**changes), out, progress=False,
+                           log=lines.append)
     return Study(out, report, handed[0], lines)
 
 
@@ -58,7 +63,8 @@ def study(tmp_path_factory) -> Study:
 @pytest.fixture(scope="module")
 def recomputed(study: Study) -> dict[str, torch.Tensor]:
     """The maps again, from the saved members and the first 64 test images."""
-    ensemble = load_ensemble(study.out / "models" / "lenet5")
+    (directory,) = (study.out / "checkpoints").glob("lenet5-*")
+    ensemble = load_ensemble(directory)
     test = load("mnist-embedded", "test")
     images, labels = test.images[:64], test.labels[:64]
     logits = torch.stack([forward_in_batches(m, images) for m in ensemble.members])
@@ -76,7 +82,7 @@ def recomputed(study: Study) -> dict[str, torch.Tensor]:
 
 def test_writes_the_page_metrics_maps_and_the_ensemble(study: Study) -> None:
     assert study.report == study.out / "influence.html" and study.report.is_file()
-    assert (study.out / "models" / "lenet5" / "member-1.safetensors").is_file()
+    assert len(list((study.out / "checkpoints").glob("lenet5-*/member-1.safetensors"))) == 1
     assert not list(study.out.glob(".*tmp")), "a temporary file was left behind"
     metrics = json.loads((study.out / "metrics.json").read_text())
     assert metrics["dataset"] == "mnist-embedded" and metrics["architecture"] == "lenet5"
@@ -163,7 +169,7 @@ def test_top_pixels_takes_one_pixel_per_class_then_the_strongest_left() -> None:
 
 
 def test_a_second_run_reuses_the_trained_members(study: Study) -> None:
-    weights = study.out / "models" / "lenet5" / "member-0.safetensors"
+    (weights,) = (study.out / "checkpoints").glob("lenet5-*/member-0.safetensors")
     before = weights.stat().st_mtime_ns
     again = _run(study.out)
     assert weights.stat().st_mtime_ns == before
@@ -175,36 +181,37 @@ def test_a_second_run_reuses_the_trained_members(study: Study) -> None:
 @pytest.mark.parametrize(("changes", "message"), [
     ({"architecture": "lenet55"}, "did you mean 'lenet5'"),
     ({"architecture": "gru"}, "not an image classifier"),
-    ({"metrics": ("acuracy",)}, "unknown metric 'acuracy' \\(did you mean 'accuracy'"),
-    ({"measures": ("entropie",)}, "unknown measure 'entropie'"),
-    ({"measures": ("gradcam_cv",)}, "does not compute"),
-    ({"members": 0}, "members must be an integer >= 1"),
+    ({"metrics": ["acuracy"]}, "'acuracy' is not allowed \\(did you mean 'accuracy'"),
+    ({"measures": ["entropie"]}, "'entropie' is not allowed"),
+    ({"measures": ["gradcam_cv"]}, "computes no explanation maps"),
+    ({"members": 0}, "influence.members: input should be greater than or equal to 1"),
     ({"images": 1}, "at least 2"),
-    ({"images": -5}, "images must be an integer >= 0"),
-    ({"curve_taus": 2}, "curve_taus must be an integer >= 3"),
-    ({"curve_pixels": 0}, "curve_pixels must be an integer >= 1"),
-    ({"alpha": 0.5}, "alpha must be a number in"),
-    ({"tol": 0.0}, "tol must be a positive number"),
+    ({"images": -5}, "influence.images: input should be greater than or equal to 0"),
+    ({"curve_taus": 2}, "influence.curve_taus: input should be greater than or equal to 3"),
+    ({"curve_pixels": 0}, "influence.curve_pixels"),
+    ({"alpha": 0.5}, "influence.alpha: input should be less than 0.5"),
+    ({"tol": 0.0}, "influence.tol: input should be greater than 0"),
 ])
 def test_bad_settings_are_config_errors(changes, message) -> None:
     with pytest.raises(ConfigError, match=message):
-        validate(InfluenceConfig(**changes))
+        _settings(**changes)
 
 
 def test_colour_images_stop_the_study_before_training(monkeypatch, tmp_path) -> None:
     colour = Dataset("colour", "test", torch.rand(4, 3, 28, 28), torch.arange(4),
                      tuple("abcd"))
     monkeypatch.setattr(influence_maps, "load", lambda name, split: colour)
+    monkeypatch.setattr("trustmap.studies.base.load", lambda name, split: colour)
     with pytest.raises(ConfigError, match="3-channel images; seed 004's maps are per grayscale"):
-        run(InfluenceConfig(data="colour"), tmp_path, progress=False, log=lambda line: None)
-    assert not (tmp_path / "models").exists()
+        run_study("influence", _settings(images=0), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"images": 10**6}, "test split has only"),
+    ({"images": 10**6}, "test set has only"),
     ({"curve_pixels": 785}, "only 784 pixels"),
 ])
 def test_sizes_beyond_the_test_split_stop_the_study(changes, message, tmp_path) -> None:
     with pytest.raises(ConfigError, match=message):
-        run(InfluenceConfig(**changes), tmp_path, progress=False, log=lambda line: None)
-    assert not (tmp_path / "models").exists()
+        run_study("influence", _settings(**changes), tmp_path, progress=False)
+    assert not (tmp_path / "checkpoints").exists()

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from trustmap.cli import app
 from trustmap.errors import ConfigError
-from trustmap.studies.latent_maps import LatentConfig, run, validate
+from trustmap.studies.registry import load_settings, run_study
 
 TINY = ["--architectures", "lenet5,cnn", "--members", "2", "--epochs", "1", "--vae-epochs", "1",
         "--resolution", "6", "--pairs", "12", "--mc-samples", "2", "--quiet"]
@@ -29,9 +29,9 @@ def test_writes_the_page_metrics_the_vae_and_the_ensembles(tiny_study):
     out, output = tiny_study
     assert f"report: {out / 'latent.html'}" in output
     assert (out / "latent.html").is_file()
-    assert (out / "vae" / "member-0.safetensors").is_file()
+    assert len(list((out / "checkpoints").glob("vae-*/member-0.safetensors"))) == 1
     for architecture in ("lenet5", "cnn"):
-        assert (out / "models" / architecture / "member-1.safetensors").is_file()
+        assert len(list((out / "checkpoints").glob(f"{architecture}-*/member-1.safetensors"))) == 1
 
 
 def test_shares_cover_every_predictive_and_split_the_grid(tiny_study):
@@ -54,24 +54,26 @@ def test_shares_cover_every_predictive_and_split_the_grid(tiny_study):
 
 def test_a_second_run_reuses_the_vae_and_models(tiny_study):
     out, _ = tiny_study
-    weights = [out / "vae" / "member-0.safetensors",
-               out / "models" / "lenet5" / "member-0.safetensors"]
+    weights = sorted((out / "checkpoints").glob("*/member-*.safetensors"))
     before = [w.stat().st_mtime_ns for w in weights]
-    config = LatentConfig(architectures=("lenet5",), members=2, epochs=1, vae_epochs=1,
-                          resolution=4, pairs=4, path_examples=1, steps=3, mc_samples=2)
-    run(config, out, progress=False, log=lambda message: None)
+    settings = load_settings("latent", overrides={
+        "predictives": {"mc_samples": 2},
+        "latent": {"architectures": ["lenet5"], "members": 2, "epochs": 1, "vae_epochs": 1,
+                   "resolution": 4, "pairs": 4, "path_examples": 1, "steps": 3}})
+    run_study("latent", settings, out, progress=False)
+    assert sorted((out / "checkpoints").glob("*/member-*.safetensors")) == weights
     assert [w.stat().st_mtime_ns for w in weights] == before
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"architectures": ("lenet55",)}, "did you mean 'lenet5'"),
-    ({"architectures": ("lstm",)}, "not an image classifier"),
-    ({"measures": ("mutual_information",)}, "must include 'entropy'"),
-    ({"measures": ("entropy", "entropie")}, "unknown measure 'entropie'"),
+    ({"architectures": ["lenet55"]}, "did you mean 'lenet5'"),
+    ({"architectures": ["lstm"]}, "not an image classifier"),
+    ({"measures": ["mutual_information"]}, "must include 'entropy'"),
+    ({"measures": ["entropy", "entropie"]}, "'entropie' is not allowed"),
     ({"steps": 4}, "odd"),
-    ({"resolution": 1}, "resolution must be an integer >= 2"),
-    ({"bound": 0}, "bound must be a positive number"),
+    ({"resolution": 1}, "latent.resolution: input should be greater than or equal to 2"),
+    ({"bound": 0}, "latent.bound: input should be greater than 0"),
 ])
 def test_bad_settings_are_config_errors(changes, message):
     with pytest.raises(ConfigError, match=message):
-        validate(LatentConfig(**changes))
+        load_settings("latent", overrides={"latent": changes})

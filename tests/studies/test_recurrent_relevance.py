@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from trustmap.cli import app
-from trustmap.errors import CheckpointError, ConfigError
-from trustmap.studies.recurrent_relevance import RecurrentConfig, run, validate
+from trustmap.errors import ConfigError
+from trustmap.studies.registry import load_settings, run_study
 
 ARCHITECTURES = "rnn-shallow,lstm"
 METHODS = "sensitivity,lrp-deep-taylor"
@@ -32,7 +32,8 @@ def test_writes_the_report_metrics_and_one_checkpoint_per_architecture(tiny_stud
     assert f"report: {out / 'recurrent.html'}" in output
     assert (out / "recurrent.html").is_file()
     for architecture in ARCHITECTURES.split(","):
-        assert (out / "models" / architecture / "member-0.safetensors").is_file()
+        assert len(list((out / "checkpoints").glob(f"{architecture}-*/member-0.safetensors"))) \
+            == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dataset"] == "mnist-embedded-3-maj"
     assert metrics["chance"] == pytest.approx(2 / 3)
@@ -56,30 +57,34 @@ def test_every_architecture_and_method_is_scored(tiny_study):
 
 def test_a_second_run_reuses_the_trained_models(tiny_study, tmp_path):
     out, _ = tiny_study
-    weights = out / "models" / "lstm" / "member-0.safetensors"
+    (weights,) = (out / "checkpoints").glob("lstm-*/member-0.safetensors")
     before = weights.stat().st_mtime_ns
     lines: list[str] = []
-    config = RecurrentConfig(architectures=("lstm",), methods=("sensitivity",), epochs=1,
-                             explain_n=10, aopc_n=4, examples=1)
-    run(config, out, progress=False, log=lines.append)
-    assert any(line.startswith("lstm: reusing") for line in lines)
+    settings = load_settings("recurrent", overrides={"recurrent": {
+        "architectures": ["lstm"], "methods": ["sensitivity"], "epochs": 1, "explain_n": 10,
+        "aopc_n": 4, "examples": 1}})
+    run_study("recurrent", settings, out, progress=False, log=lines.append)
+    assert not any("trained" in line for line in lines)
     assert weights.stat().st_mtime_ns == before
-    # Other training settings in the same directory are refused, not mixed.
-    with pytest.raises(CheckpointError, match="other settings"):
-        run(RecurrentConfig(architectures=("lstm",), epochs=2), out, progress=False,
-            log=lines.append)
+    # Other training settings are other checkpoints: trained beside, never mixed in.
+    settings = load_settings("recurrent", overrides={"recurrent": {
+        "architectures": ["lstm"], "methods": ["sensitivity"], "epochs": 2, "explain_n": 10,
+        "aopc_n": 4, "examples": 1}})
+    run_study("recurrent", settings, out, progress=False, log=lines.append)
+    assert len(list((out / "checkpoints").glob("lstm-*/member-0.safetensors"))) == 2
+    assert weights.stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"architectures": ("lenet",)}, "'lenet' reads 28x28 images, not sequences"),
-    ({"architectures": ("lstn",)}, "did you mean 'lstm'"),
-    ({"methods": ("lrp-deep-taylr",)}, "did you mean 'lrp-deep-taylor'"),
-    ({"explain_n": 0}, "explain_n must be a positive integer"),
-    ({"val_fraction": 0.0}, "val_fraction"),
+    ({"architectures": ["lenet"]}, "'lenet' reads 28x28 images, not sequences"),
+    ({"architectures": ["lstn"]}, "did you mean 'lstm'"),
+    ({"methods": ["lrp-deep-taylr"]}, "did you mean 'lrp-deep-taylor'"),
+    ({"explain_n": 0}, "recurrent.explain_n: input should be greater than or equal to 1"),
+    ({"val_fraction": 0.0}, "recurrent.val_fraction"),
 ])
 def test_bad_settings_are_config_errors(changes, message):
     with pytest.raises(ConfigError, match=message):
-        validate(RecurrentConfig(**changes))
+        load_settings("recurrent", overrides={"recurrent": changes})
 
 
 def test_the_cli_turns_bad_settings_into_one_line(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from trustmap.cli import app
+from trustmap.explain import disagreement
 from trustmap.uncertainty import MEASURES
 
 EXPLAINED = ("ensemble", "mc-dropout")  # SMALL's explanations.predictives
@@ -60,10 +61,11 @@ def test_run_writes_report_metrics_and_per_sample(small_run) -> None:
     assert sizes["mnist-embedded"] == 120 and sizes["letters"] == 120
     assert sizes["adv:pgd:0.2:ensemble"] == 40 and sizes["noise:pgd:0.2:ensemble"] == 40
     for kind in ("single", "ensemble", "mc-dropout", "ensemble-mc"):
-        for name, measure in MEASURES.items():
+        for name in MEASURES:
+            assert f"{kind}:{name}" in frame.columns, (kind, name)
+        for name in disagreement.MEASURES:
             # explanation disagreement is scored under explanations.predictives only
-            scored = measure.attributions is None or kind in EXPLAINED
-            assert (f"{kind}:{name}" in frame.columns) == scored, (kind, name)
+            assert (f"{kind}:{name}" in frame.columns) == (kind in EXPLAINED), (kind, name)
     cv = frame["ensemble:gradcam_cv"]
     assert cv.between(0, 1).all() and cv.std() > 0  # 2 members: CV <= sqrt(2 - 1)
     ensemble = frame[frame.dataset == "mnist-embedded"]
@@ -77,8 +79,7 @@ def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:
     expected_sets = {"letters", "noise-uniform", "adv:fgsm:0.2:ensemble", "adv:pgd:0.2:ensemble",
                      "adv:fgsm:0.2:mc-dropout", "adv:pgd:0.2:mc-dropout"}
     assert set(ood.ood_set) == expected_sets
-    plain = [m for m in MEASURES.values() if m.attributions is None]
-    assert len(ood) == len(expected_sets) * (4 * len(plain) + 2 * (len(MEASURES) - len(plain)))
+    assert len(ood) == len(expected_sets) * (4 * len(MEASURES) + 2 * len(disagreement.MEASURES))
     assert ood.auroc.between(0, 1).all()
     # Uniform noise is far from digits: the ensemble's entropy separates it well even here.
     row = ood[(ood.ood_set == "noise-uniform") & (ood.predictive == "ensemble")
@@ -91,7 +92,11 @@ def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:
     adversarial = pd.DataFrame(metrics["adversarial"])
     assert set(adversarial.negatives) == {"clean", "noise"}
     assert adversarial.success_rate.between(0, 1).all()
-    assert metrics["header"]["seed"] == 0 and metrics["header"]["seconds_total"] > 0
+    assert metrics["header"]["seed"] == 0
+    sections = [row["section"] for row in metrics["header"]["seconds"]]
+    for part in ("training lenet", "attacks", "scoring", "explanations: sanity",
+                 "training vae", "latent map", "influence: projection", "drawing"):
+        assert part in sections
 
 
 def test_the_latent_map_splits_its_grid_under_every_predictive(small_run) -> None:
@@ -100,9 +105,9 @@ def test_the_latent_map_splits_its_grid_under_every_predictive(small_run) -> Non
     assert list(shares.predictive) == ["single", "ensemble", "mc-dropout", "ensemble-mc"]
     assert ((shares.points_near + shares.points_far) == 16).all()  # the 4x4 grid
     assert shares.share.between(0, 1).all() and (shares.threshold > 0).all()
-    assert (out / "vae" / "member-0.safetensors").is_file()
+    assert len(list((out / "checkpoints").glob("vae-*/member-0.safetensors"))) == 1
     text = (out / "report.html").read_text()
-    assert 'id="latent"' in text and "latent-map.png" in text
+    assert 'id="latent"' in text and "-maps-lenet.png" in text  # the run's own ensemble
 
 
 def test_the_influence_maps_project_the_id_test_set(small_run) -> None:
@@ -117,7 +122,7 @@ def test_the_influence_maps_project_the_id_test_set(small_run) -> None:
                                              "mutual_information"]
     text = (out / "report.html").read_text()
     assert 'id="influence"' in text
-    for name in ("influence-classes", "influence-spread", "influence-changes"):
+    for name in ("influence", "spread", "performance", "uncertainty"):
         drawn = list((out / "figures").glob(f"*-{name}.png"))
         assert len(drawn) == 1 and f"figures/{drawn[0].name}" in text
 
@@ -137,7 +142,24 @@ def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     # explanation-disagreement scores of the 11 sets x 2 predictives x 4 methods.
     assert header["cache"].startswith("104 attack, forward-pass and explanation results reused")
     assert metrics["ood"] == first_metrics["ood"]  # and give the same numbers
-    assert len(list((out / "checkpoints").iterdir())) == 1
+    assert len(list((out / "checkpoints").glob("lenet-*"))) == 1
+
+
+def test_the_page_is_drawn_again_from_the_saved_results(small_run) -> None:
+    out, _ = small_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    (out / "report.html").unlink()
+    result = CliRunner().invoke(app, ["redraw", str(out), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith(str(out / "report.html"))
+    assert (out / "report.html").is_file()
+    again = json.loads((out / "metrics.json").read_text())
+    for table in ("ood", "calibration", "adversarial", "latent", "influence", "explanations"):
+        assert again[table] == metrics[table], table
+    empty = out.parent / "empty"
+    empty.mkdir()
+    refused = CliRunner().invoke(app, ["redraw", str(empty)])
+    assert refused.exit_code == 2 and "holds no saved results" in refused.output
 
 
 def test_a_wrong_config_key_is_a_one_line_error(tmp_path: Path) -> None:

@@ -5,15 +5,14 @@
     samples = attribute_samples("lrp-epsilon-plus", Ensemble(members), x)   # [S, N, C, H, W]
     summary = summarize(samples)                                # mean, std, CV maps
 
-Importing this package registers the explanation-disagreement measures with
-``trustmap.uncertainty`` (``gradcam_cv``, ``<method>_rank_disagreement``, ...).
+Scores of how much the samples' maps disagree (``gradcam_cv``,
+``<method>_rank_disagreement``, ...) are in ``trustmap.explain.disagreement``.
 """
 
 from trustmap.explain.aggregate import (
     attribute_samples,
     class_saliency,
     cosine_disagreement,
-    explained,
     rank_disagreement,
     seed000_uncertainty,
     summarize,
@@ -22,5 +21,5 @@ from trustmap.explain.methods import METHODS, attribute, get, names
 from trustmap.explain.reduce import REDUCERS, reduce
 
 __all__ = ["METHODS", "REDUCERS", "attribute", "attribute_samples", "class_saliency",
-           "cosine_disagreement", "explained", "get", "names", "rank_disagreement", "reduce",
+           "cosine_disagreement", "get", "names", "rank_disagreement", "reduce",
            "seed000_uncertainty", "summarize"]

@@ -10,8 +10,7 @@ information (e.g. by their OOD-detection AUROC). It also builds seed 001's class
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,8 +22,7 @@ from trustmap.explain.methods import SINGLE_PASS, Method, get
 from trustmap.explain.reduce import minmax
 from trustmap.explain.similarity import pairwise_mean
 from trustmap.models import channels_last, to_channels_last
-from trustmap.predictive import Ensemble, EnsembleMC, MCDropout, Prediction, Predictive, Single
-from trustmap.uncertainty import Measure, register
+from trustmap.predictive import Ensemble, EnsembleMC, MCDropout, Predictive, Single
 
 
 def _chunks(method: Method, model: nn.Module, x: torch.Tensor, targets: torch.Tensor,
@@ -101,20 +99,6 @@ def attribute_samples(method: str | Method, predictive: Predictive, x: torch.Ten
                       "MCDropout or EnsembleMC")
 
 
-def explained(prediction: Prediction, predictive: Predictive, x: torch.Tensor,
-              methods: Iterable[str], *, batch_size: int = 256) -> Prediction:
-    """The prediction with the maps of ``methods`` attached, for its predicted classes.
-
-    Explanation-disagreement measures in ``trustmap.uncertainty.compute`` read them from there.
-    """
-    attached = dict(prediction.sample_attributions)
-    for method in methods:
-        if method not in attached:
-            attached[method] = attribute_samples(method, predictive, x, prediction.predicted,
-                                                 batch_size=batch_size)
-    return replace(prediction, sample_attributions=attached)
-
-
 @dataclass(frozen=True)
 class Summary:
     """Per-pixel statistics of the S maps of each input, [N, C, H, W] each."""
@@ -181,36 +165,6 @@ def cosine_disagreement(samples: torch.Tensor) -> torch.Tensor:
     if samples.shape[0] == 1:
         return torch.zeros(samples.shape[1])
     return 1 - pairwise_mean(samples, "cosine")
-
-
-DISAGREEMENT_METHODS = ("gradcam", "gradient", "guided-backprop", "lrp-epsilon-plus")
-"""Methods whose disagreement is registered as uncertainty measures."""
-
-
-def _slug(method: str) -> str:
-    return method.replace("-", "_")
-
-
-def _register() -> None:
-    def reader(method: str, statistic: object) -> object:
-        return lambda prediction: statistic(prediction.sample_attributions[method])
-
-    register(Measure("gradcam_cv",
-                     "seed 000: mean over pixels of std/mean across the samples' min-max "
-                     "normalised Grad-CAM maps", reader("gradcam", seed000_uncertainty),
-                     needs_multiple_samples=True, attributions="gradcam"))
-    for method in DISAGREEMENT_METHODS:
-        register(Measure(f"{_slug(method)}_rank_disagreement",
-                         f"1 - mean pairwise Spearman correlation of the samples' |{method}| maps",
-                         reader(method, rank_disagreement), needs_multiple_samples=True,
-                         attributions=method))
-        register(Measure(f"{_slug(method)}_cosine_disagreement",
-                         f"1 - mean pairwise cosine similarity of the samples' {method} maps",
-                         reader(method, cosine_disagreement), needs_multiple_samples=True,
-                         attributions=method))
-
-
-_register()
 
 
 @dataclass(frozen=True)

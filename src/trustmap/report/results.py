@@ -13,6 +13,47 @@ from typing import Any
 import pandas as pd
 import torch
 
+
+@dataclass(frozen=True)
+class SetId:
+    """Which test set a row or a score belongs to, and in what role.
+
+    The ID test set and OOD sets are named by their dataset; an adversarial set by its attack,
+    radius and the predictive whose gradients made it; ``noise`` is the same-norm noise control
+    of an adversarial set. ``str()`` is the name used in tables and files (``adv:pgd:0.1:single``,
+    ``noise:pgd:0.1:single``); ``parse`` reads it back. Nothing else builds or splits names.
+    """
+
+    role: str
+    """"id", "ood", "adversarial" or "noise"."""
+    dataset: str = ""
+    attack: str = ""
+    epsilon: float = 0.0
+    attacked: str = ""
+
+    ROLES = ("id", "ood", "adversarial", "noise")
+    PREFIXES = {"adversarial": "adv", "noise": "noise"}
+
+    def __str__(self) -> str:
+        if self.role in self.PREFIXES:
+            return f"{self.PREFIXES[self.role]}:{self.attack}:{self.epsilon:g}:{self.attacked}"
+        return self.dataset
+
+    @classmethod
+    def parse(cls, name: str, in_distribution: str = "") -> SetId:
+        """The identity of a set named ``name`` (an OOD set unless it is ``in_distribution``)."""
+        for role, prefix in cls.PREFIXES.items():
+            if name.startswith(prefix + ":"):
+                _, attack, epsilon, attacked = name.split(":")
+                return cls(role, attack=attack, epsilon=float(epsilon), attacked=attacked)
+        return cls("id" if name == in_distribution else "ood", dataset=name)
+
+    @property
+    def noise(self) -> SetId:
+        """The same-norm noise control of this adversarial set."""
+        return SetId("noise", attack=self.attack, epsilon=self.epsilon, attacked=self.attacked)
+
+
 # Column sets of each table; the study produces exactly these and the report reads them.
 PER_SAMPLE_KEYS = ("dataset", "index", "label")
 """``per_sample`` also has, for each predictive P: ``P:predicted``, ``P:confidence`` (mean
@@ -68,50 +109,6 @@ class ExplanationResults:
 
 
 @dataclass
-class LatentMap:
-    """The default run's small latent map: its ensemble's uncertainty over a VAE's plane."""
-
-    architecture: str
-    classes: list[str]
-    predictives: list[str]
-    measures: list[str]
-    resolution: int
-    bound: float
-    codes: torch.Tensor
-    """[M, 2] the encoded ID test set."""
-    code_labels: torch.Tensor
-    maps: dict[tuple[str, str], torch.Tensor]
-    """(predictive, measure) -> [R*R] scores of the decoded grid (row-major, z1 along rows)."""
-    confident: dict[str, torch.Tensor]
-    """predictive -> the lowest-entropy grid points far from the data."""
-    shares: pd.DataFrame
-    """LATENT_SHARE_COLUMNS (defined below) for the run's architecture."""
-
-
-@dataclass
-class InfluenceMap:
-    """The default run's seed 004 maps: its ensemble on the ID test set, by entropic projection
-    (tau = +1 minus tau = -1, ``trustmap.explain.influence``)."""
-
-    architecture: str
-    classes: list[str]
-    images: int
-    alpha: float
-    influence: torch.Tensor
-    """[K, H, W] change of the ensemble's mean probability of each class."""
-    member_std: torch.Tensor
-    """[K, H, W] sample std over members of their influence maps."""
-    changes: dict[str, torch.Tensor]
-    """Metric or measure name -> [H, W] change of the ensemble's accuracy, log-loss, entropy..."""
-    constant: torch.Tensor
-    """[H, W] bool: pixels constant over the projected images."""
-    not_converged: torch.Tensor
-    """[H, W] bool."""
-    projection: dict[str, int]
-    """``PROJECTION_KEYS`` (defined below)."""
-
-
-@dataclass
 class RunResults:
     """Everything one ``trustmap run`` measured, ready to render."""
 
@@ -131,8 +128,10 @@ class RunResults:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Dataset name -> float32 [N, C, H, W] images in ``per_sample`` row order (by ``index``)."""
     explanations: ExplanationResults | None = None
-    latent: LatentMap | None = None
-    influence: InfluenceMap | None = None
+    latent: LatentResults | None = None
+    """Seed 003's map of the run's ensemble (the latent study inside the run)."""
+    influence: InfluenceResults | None = None
+    """Seed 004's maps of the run's ensemble (the influence study inside the run)."""
 
 
 ACCURACY_COLUMNS = ("architecture", "dataset", "parameters", "epochs", "val_accuracy",
@@ -276,3 +275,5 @@ class InfluenceResults:
     """[T, Q] bool: whether each point's tilt met the tolerance."""
     timings: pd.DataFrame
     """Columns ``step`` and ``seconds``: training, prediction, projection, each kind of map."""
+    member_maps: torch.Tensor | None = None
+    """[M, K, H, W] each member's influence maps (saved beside the page, not drawn)."""

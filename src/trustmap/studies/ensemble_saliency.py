@@ -11,8 +11,6 @@ model-dependent (parameter randomisation) each method's maps are.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import pandas as pd
@@ -22,6 +20,7 @@ from torch import nn
 from trustmap.data import Dataset
 from trustmap.evaluate.faithfulness import PerturbationCurve, aopc_table, region_perturbation
 from trustmap.evaluate.sanity import parameter_randomisation
+from trustmap.explain import disagreement
 from trustmap.explain.aggregate import (
     attribute_samples,
     class_saliency,
@@ -31,34 +30,26 @@ from trustmap.explain.aggregate import (
 from trustmap.explain.methods import get
 from trustmap.explain.reduce import reduce
 from trustmap.predictive import Prediction, Predictive, make_predictive
-from trustmap.report.results import ExplanationResults
-from trustmap.studies.config import RunConfig, explained_kinds
-from trustmap.uncertainty import MEASURES, compute
-
-Log = Callable[[str], None]
-Cache = Any  # uncertainty_measures.TensorCache; typed loosely to keep the import one-way
+from trustmap.report.results import ExplanationResults, SetId
+from trustmap.studies.base import RunContext, TensorCache
+from trustmap.studies.settings import RunSettings
 
 
-def explanation_scores(cache: Cache, measures: list[str], members: list[nn.Module],
-                       dataset: Dataset,
-                       predictions: dict[str, Prediction], config: RunConfig
-                       ) -> dict[str, dict[str, torch.Tensor]]:
+def explanation_scores(cache: TensorCache, measures: list[str], members: list[nn.Module],
+                       dataset: Dataset, predictions: dict[str, Prediction],
+                       config: RunSettings) -> dict[str, dict[str, torch.Tensor]]:
     """Scores [N] of the selected explanation measures, for each explained predictive.
 
     The maps of every sample are computed once per (predictive, method), for the class the
     predictive predicts, and fed to every measure that reads that method; only the scores are
     cached (the maps of a whole set would be hundreds of megabytes).
     """
-    by_method: dict[str, list[str]] = {}
-    for name in measures:
-        method = MEASURES[name].attributions
-        if method is not None:
-            by_method.setdefault(method, []).append(name)
+    grouped = disagreement.by_method([m for m in measures if m in disagreement.MEASURES])
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for kind in explained_kinds(config):
+    for kind in config.explained_kinds:
         predictive = make_predictive(kind, members, config.predictives.mc_samples, config.seed)
         out[kind] = {}
-        for method, names in by_method.items():
+        for method, names in grouped.items():
             key = {"explained": dataset.name, "n": len(dataset), "kind": kind, "method": method,
                    "measures": names, "mc_samples": config.predictives.mc_samples,
                    "seed": config.seed, "provenance": dataset.provenance,
@@ -71,46 +62,46 @@ def explanation_scores(cache: Cache, measures: list[str], members: list[nn.Modul
 def _disagreement(method: str, names: list[str], predictive: Predictive, images: torch.Tensor,
                   prediction: Prediction) -> dict[str, torch.Tensor]:
     maps = attribute_samples(method, predictive, images, prediction.predicted)
-    return compute(replace(prediction, sample_attributions={method: maps}), names)
+    return disagreement.compute({method: maps}, names)
 
 
 def _examples(sets: dict[str, Dataset], per_set: int, explained: str
               ) -> tuple[torch.Tensor, list[str]]:
     """A few inputs of the ID set, of every OOD set, and of the strongest attack: the largest
     epsilon, against the explained predictive where there is one, iterative over FGSM."""
-    attacks = [n for n in sets if n.startswith("adv:")]
+    identities = {name: SetId.parse(name) for name in sets}
+    attacks = [i for i in identities.values() if i.role == "adversarial"]
 
-    def strength(name: str) -> tuple[float, bool, bool]:
-        _, attack, epsilon, attacked = name.split(":")
-        return float(epsilon), attacked == explained, attack != "fgsm"
+    def strength(identity: SetId) -> tuple[float, bool, bool]:
+        return identity.epsilon, identity.attacked == explained, identity.attack != "fgsm"
 
     strongest = max(attacks, key=strength, default=None)
-    chosen = [n for n in sets if not n.startswith(("adv:", "noise:"))]
-    chosen += [strongest] if strongest else []
+    chosen = [n for n, i in identities.items() if i.role in ("id", "ood")]
+    chosen += [str(strongest)] if strongest else []
     images = torch.cat([sets[n].images[:per_set] for n in chosen])
     labels = [n for n in chosen for _ in range(min(per_set, len(sets[n])))]
     return images, labels
 
 
-def _grid(members: list[nn.Module], sets: dict[str, Dataset], config: RunConfig
+def _grid(members: list[nn.Module], sets: dict[str, Dataset], config: RunSettings
           ) -> tuple[str, torch.Tensor, list[str], dict[str, Any], dict[str, Any],
                      dict[str, list[float]]]:
-    kind = explained_kinds(config)[0]
+    kind = config.explained_kinds[0]
     predictive = make_predictive(kind, members, config.predictives.mc_samples, config.seed)
     images, set_names = _examples(sets, config.explanations.examples, kind)
     predicted = predictive.predict(images).predicted
     classes = sets[config.data.in_distribution].classes
     labels = [f"{name} · {classes[int(c)]}" for name, c in zip(set_names, predicted, strict=True)]
-    means, stds, disagreement = {}, {}, {}
+    means, stds, ranks = {}, {}, {}
     for method in config.explanations.methods:
         samples = attribute_samples(method, predictive, images, predicted)
         summary = summarize(samples.sum(2, keepdim=True))  # of the channel-summed maps
         means[method], stds[method] = summary.mean[:, 0], summary.std[:, 0]
-        disagreement[method] = rank_disagreement(samples).tolist()
-    return kind, images, labels, means, stds, disagreement
+        ranks[method] = rank_disagreement(samples).tolist()
+    return kind, images, labels, means, stds, ranks
 
 
-def _class_maps(model: nn.Module, test: Dataset, config: RunConfig
+def _class_maps(model: nn.Module, test: Dataset, config: RunSettings
                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Seed 001: per class, mean ± SEM of |map| min-max normalised, explaining that class."""
     n = config.explanations.class_n
@@ -124,7 +115,7 @@ def _class_maps(model: nn.Module, test: Dataset, config: RunConfig
     return (torch.stack([s.mean[0] for s in stats]), torch.stack([s.sem[0] for s in stats]), n)
 
 
-def _faithfulness(model: nn.Module, test: Dataset, config: RunConfig
+def _faithfulness(model: nn.Module, test: Dataset, config: RunSettings
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Region perturbation of each method's maps, most and least relevant first, and a random
     order as the baseline every faithful map should beat."""
@@ -151,7 +142,7 @@ def _faithfulness(model: nn.Module, test: Dataset, config: RunConfig
     return pd.concat(frames, ignore_index=True), aopc_table(curves)
 
 
-def _sanity(model: nn.Module, test: Dataset, config: RunConfig) -> pd.DataFrame:
+def _sanity(model: nn.Module, test: Dataset, config: RunSettings) -> pd.DataFrame:
     x = test.images[: config.explanations.sanity_n]
     with torch.no_grad():
         target = model(x).argmax(1)
@@ -160,21 +151,27 @@ def _sanity(model: nn.Module, test: Dataset, config: RunConfig) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[["method", "step", "layer", "similarity", "sem"]]
 
 
-def explanation_results(members: list[nn.Module], sets: dict[str, Dataset], config: RunConfig,
-                        measures: list[str], log: Log) -> ExplanationResults:
+def explanation_results(ctx: RunContext, members: list[nn.Module], sets: dict[str, Dataset],
+                        measures: list[str]) -> ExplanationResults:
     """Everything the report's explanation section shows."""
+    config = ctx.settings
     test = sets[config.data.in_distribution]
     model = members[0]
-    log(f"explaining examples with {', '.join(config.explanations.methods)}")
-    kind, images, labels, means, stds, disagreement = _grid(members, sets, config)
-    log(f"class saliency maps ({config.explanations.class_method}), region perturbation and "
-        "the parameter-randomisation check on the first member")
-    class_means, class_sems, n = _class_maps(model, test, config)
-    perturbation, aopc = _faithfulness(model, test, config)
+    ctx.log(f"explaining examples with {', '.join(config.explanations.methods)}")
+    with ctx.timed("explanations: maps of examples"):
+        kind, images, labels, means, stds, rank = _grid(members, sets, config)
+    ctx.log(f"class saliency maps ({config.explanations.class_method}), region perturbation "
+            "and the parameter-randomisation check on the first member")
+    with ctx.timed("explanations: class saliency"):
+        class_means, class_sems, n = _class_maps(model, test, config)
+    with ctx.timed("explanations: faithfulness"):
+        perturbation, aopc = _faithfulness(model, test, config)
+    with ctx.timed("explanations: sanity"):
+        sanity = _sanity(model, test, config)
     return ExplanationResults(
-        predictive=kind, measures=[m for m in measures if MEASURES[m].attributions],
+        predictive=kind, measures=[m for m in measures if m in disagreement.MEASURES],
         methods=list(config.explanations.methods), examples=images,
-        example_labels=labels, mean_maps=means, std_maps=stds, disagreement=disagreement,
+        example_labels=labels, mean_maps=means, std_maps=stds, disagreement=rank,
         class_method=config.explanations.class_method, class_names=list(test.classes),
         class_means=class_means, class_sems=class_sems, class_n=n,
-        perturbation=perturbation, aopc=aopc, sanity=_sanity(model, test, config))
+        perturbation=perturbation, aopc=aopc, sanity=sanity)

@@ -7,37 +7,34 @@ encoded data: the model is confident where it has never seen anything. Interpola
 inputs of different classes compare the straight line in pixel space with the line between
 their latent codes.
 
-``run`` trains (or reuses) the VAE (``<out>/vae``) and one ensemble per architecture
-(``<out>/models/<architecture>``) and writes ``latent.html`` and ``metrics.json``.
+Settings: the ``[latent]`` table; the data is ``[data] in_distribution``. With no
+``architectures`` the map is of the run's own ``[model]`` ensemble (as inside ``trustmap run``).
 """
 
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
-from numbers import Integral, Real
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
 import trustmap
 from trustmap.data import Dataset, load
-from trustmap.errors import ConfigError, did_you_mean
+from trustmap.errors import ConfigError
 from trustmap.evaluate import latent
-from trustmap.models import names as model_names
-from trustmap.models.recurrent import ARCHITECTURES as RECURRENT
 from trustmap.predictive import Predictive, make_predictive
 from trustmap.report.latent import write_latent_report
-from trustmap.report.results import LatentResults
-from trustmap.training import RunSpec, TrainConfig, fit_ensemble, fit_vae, write_json
+from trustmap.report.results import MIDPOINT_COLUMNS, LatentResults
+from trustmap.studies.base import RunContext, ensemble_spec
+from trustmap.studies.settings import Section, allowed, image_classifiers
+from trustmap.training import RunSpec, TrainConfig, write_json
 from trustmap.uncertainty import MEASURES
-
-Log = Callable[[str], None]
 
 MODEL_OPTIONS: dict[str, dict[str, Any]] = {"resnet34": {"width": 16}}
 """A ResNet-34 a quarter as wide as ImageNet's: the study has to train five on a CPU."""
@@ -45,75 +42,60 @@ THRESHOLD_MEASURE = "entropy"
 """Seed 003's headline measure: the grid's share below the ID test set's median entropy."""
 
 
-@dataclass(frozen=True)
-class LatentConfig:
-    """Everything ``trustmap study latent`` is run with; the defaults are its default size."""
+class LatentSettings(Section):
+    """``[latent]``: the defaults are the study's own size; ``trustmap run`` draws a small map
+    of its own ensemble (``RUN_PRESET``)."""
 
-    data: str = "mnist-embedded"
     architectures: tuple[str, ...] = ("lenet5", "alexnet", "resnet34")
-    members: int = 5
-    epochs: int = 5
-    vae_epochs: int = 20
-    resolution: int = 40
-    bound: float = 10.0
+    """Zoo models, each an ensemble trained for this study; empty: the run's [model]."""
+    members: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=1)
+    vae_epochs: int = Field(20, ge=1)
+    resolution: int = Field(40, ge=2)
+    bound: float = Field(10.0, gt=0)
     measures: tuple[str, ...] = ("entropy", "mutual_information")
-    mc_samples: int = 10
-    pairs: int = 1000
-    """Interpolation pairs for the midpoint histograms (seed 003 used 3,000: ``--pairs``)."""
-    path_examples: int = 4
-    steps: int = 21
-    seed: int = 0
-    device: str = "cpu"
+    pairs: int = Field(1000, ge=0)
+    """Interpolation pairs for the midpoint histograms (seed 003 used 3,000); 0: none."""
+    path_examples: int = Field(4, ge=1)
+    steps: int = Field(21, ge=3)
+
+    @model_validator(mode="after")
+    def _known(self) -> LatentSettings:
+        image_classifiers("latent.architectures", self.architectures)
+        usable = list(MEASURES)
+        allowed("latent.measures", self.measures, usable)
+        if THRESHOLD_MEASURE not in self.measures:
+            raise ConfigError(f"latent.measures must include {THRESHOLD_MEASURE!r}: the grid's "
+                              "shares are counted against the test set's median entropy")
+        if self.steps % 2 == 0:
+            raise ConfigError(f"latent.steps must be odd so that a path has a midpoint, got "
+                              f"{self.steps}")
+        return self
 
 
-def validate(config: LatentConfig) -> None:
-    """ConfigError for an unknown architecture or measure, or a size that cannot work."""
-    if not config.architectures:
-        raise ConfigError("the study needs at least one architecture")
-    for architecture in config.architectures:
-        if architecture not in model_names() or architecture in RECURRENT:
-            images = [n for n in model_names() if n not in RECURRENT]
-            raise ConfigError(f"architecture {architecture!r} is not an image classifier of the "
-                              f"zoo{did_you_mean(architecture, images)}; choose from "
-                              f"{', '.join(images)}")
-    for measure in config.measures:
-        if measure not in MEASURES or MEASURES[measure].attributions is not None:
-            raise ConfigError(f"unknown measure {measure!r}{did_you_mean(measure, MEASURES)}")
-    if THRESHOLD_MEASURE not in config.measures:
-        raise ConfigError(f"measures must include {THRESHOLD_MEASURE!r}: the grid's shares are "
-                          "counted against the test set's median entropy")
-    for key, minimum in (("members", 1), ("epochs", 1), ("vae_epochs", 1), ("resolution", 2),
-                         ("mc_samples", 2), ("pairs", 1), ("path_examples", 1), ("steps", 3)):
-        value = getattr(config, key)
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-            raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    if config.steps % 2 == 0:
-        raise ConfigError(f"steps must be odd so that a path has a midpoint, got {config.steps}")
-    if not isinstance(config.bound, Real) or not config.bound > 0:
-        raise ConfigError(f"bound must be a positive number, got {config.bound!r}")
+RUN_PRESET = {"architectures": [], "resolution": 20, "vae_epochs": 10, "pairs": 0}
+"""Inside ``trustmap run``: a 20x20 map of the run's own ensemble, no interpolations."""
 
 
-def predictives_of(models: list[nn.Module], config: LatentConfig) -> dict[str, Predictive]:
-    """Single and ensemble always; MC dropout and ensemble-MC where the model has dropout."""
-    kinds = ["single", "ensemble"]
-    if any(isinstance(m, nn.Dropout) for m in models[0].modules()):
-        kinds += ["mc-dropout", "ensemble-mc"]
-    return {kind: make_predictive(kind, models, config.mc_samples, config.seed)
-            for kind in kinds}
+def predictives_of(models: list[nn.Module], kinds: tuple[str, ...], samples: int, seed: int
+                   ) -> dict[str, Predictive]:
+    """The run's predictives that ``models`` support: MC dropout only where they have dropout."""
+    dropout = any(isinstance(m, nn.Dropout) for m in models[0].modules())
+    return {kind: make_predictive(kind, models, samples, seed) for kind in kinds
+            if dropout or kind in ("single", "ensemble")}
 
 
-def _train(config: LatentConfig, out: Path, progress: bool, log: Log
-           ) -> dict[str, list[nn.Module]]:
-    train = load(config.data, "train")
+def _ensembles(ctx: RunContext, settings: LatentSettings, train: Dataset
+               ) -> dict[str, list[nn.Module]]:
+    if not settings.architectures:
+        spec = ensemble_spec(ctx.settings.model, ctx.seed)
+        return {spec.model: ctx.ensemble(spec, train).members}
     ensembles = {}
-    for architecture in config.architectures:
-        directory = out / "models" / architecture
-        log(f"{config.members} x {architecture} on {config.data} -> {directory}")
-        spec = RunSpec(model=architecture, members=config.members, seed=config.seed,
-                       train=TrainConfig(epochs=config.epochs),
+    for architecture in settings.architectures:
+        spec = RunSpec(model=architecture, members=settings.members, seed=ctx.seed,
+                       train=TrainConfig(epochs=settings.epochs),
                        model_kwargs=dict(MODEL_OPTIONS.get(architecture, {})))
-        run = fit_ensemble(spec, train, directory, progress=progress, device=config.device)
-        ensembles[architecture] = [m.to(config.device).eval() for m in run.members]
+        ensembles[architecture] = ctx.ensemble(spec, train).members
     return ensembles
 
 
@@ -139,12 +121,9 @@ class LatentPlane:
     distance: torch.Tensor
 
 
-def latent_plane(train: Dataset, test: Dataset, out: Path, resolution: int, bound: float,
-                 vae_epochs: int, seed: int, progress: bool, device: str) -> LatentPlane:
-    """Train (or reuse, from ``out``) the VAE, encode ``test`` and decode the grid."""
-    vae, _ = fit_vae(train, out, TrainConfig(epochs=vae_epochs, batch_size=128), seed=seed,
-                     progress=progress, device=device)
-    vae.eval()
+def latent_plane(vae: nn.Module, test: Dataset, resolution: int, bound: float,
+                 device: torch.device) -> LatentPlane:
+    """Encode ``test`` with a trained VAE and decode the grid."""
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         return vae.encode(x.to(device))[0]
@@ -179,94 +158,106 @@ def score_grid(architecture: str, plane: LatentPlane, predictives: Mapping[str, 
     return result
 
 
-def run(config: LatentConfig, out: Path | str, progress: bool = True, log: Log = print,
-        command: str = "trustmap study latent") -> Path:
-    """The whole study; returns the path of ``latent.html``."""
-    started = time.perf_counter()
-    validate(config)
-    out = Path(out)
-    train, test = load(config.data, "train"), load(config.data, "test")
-    log(f"VAE (2-D latent) on {config.data} -> {out / 'vae'}")
-    plane = latent_plane(train, test, out / "vae", config.resolution, config.bound,
-                         config.vae_epochs, config.seed, progress, config.device)
-    ensembles = _train(config, out, progress, log)
-    trained = time.perf_counter() - started
-
-    idx_a, idx_b = latent.pairs_of_different_classes(test.labels, config.pairs, config.seed)
+def _interpolations(plane: LatentPlane, test: Dataset, settings: LatentSettings, seed: int
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], list[Any]]:
+    """Midpoints of ``pairs`` pixel and latent paths between classes, and a few whole paths."""
+    if settings.pairs == 0:
+        return {}, {}, []
+    idx_a, idx_b = latent.pairs_of_different_classes(test.labels, settings.pairs, seed)
     a, b = test.images[idx_a], test.images[idx_b]
-    midpoint_images = {"pixel": latent.pixel_path(a, b, 3)[:, 1],
-                       "latent": latent.latent_path(plane.encode, plane.decode, a, b,
-                                                    3)[:, 1].cpu()}
-    e = min(config.path_examples, config.pairs)
-    path_images = {"pixel": latent.pixel_path(a[:e], b[:e], config.steps),
-                   "latent": latent.latent_path(plane.encode, plane.decode, a[:e], b[:e],
-                                                config.steps).cpu()}
-
-    maps, predicted, confident, shares, mids, mid_scores, path_scores = {}, {}, {}, [], [], {}, {}
-    kinds_seen: list[str] = []
-    measures = list(config.measures)
-    for architecture, models in ensembles.items():
-        log(f"scoring the {config.resolution}x{config.resolution} grid under {architecture}")
-        predictives = predictives_of(models, config)
-        kinds_seen += [k for k in predictives if k not in kinds_seen]
-        on_test = latent.score_images(test.images, predictives, [THRESHOLD_MEASURE])
-        thresholds = {kind: float(on_test.scores[kind][THRESHOLD_MEASURE].median())
-                      for kind in predictives}
-        grid_scores = score_grid(architecture, plane, predictives, measures, thresholds)
-        maps.update({(architecture, *key): value for key, value in grid_scores.maps.items()})
-        predicted.update({(architecture, k): v for k, v in grid_scores.predicted.items()})
-        confident.update({(architecture, k): v for k, v in grid_scores.confident.items()})
-        shares += grid_scores.shares
-        for path in ("pixel", "latent"):
-            at_mid = latent.score_images(midpoint_images[path], predictives, measures)
-            along = latent.path_scores(path_images[path], predictives, measures)
-            for kind in predictives:
-                for measure in measures:
-                    values = at_mid.scores[kind][measure].cpu()
-                    mid_scores[architecture, kind, measure, path] = values
-                    path_scores[architecture, kind, measure, path] = \
-                        along.scores[kind][measure].cpu()
-                    mids.append({"architecture": architecture, "predictive": kind,
-                                 "measure": measure, "path": path, "pairs": len(values),
-                                 "mean": float(values.mean()),
-                                 "median": float(values.median())})
-        row = next(r for r in grid_scores.shares if r["predictive"] == "ensemble")
-        log(f"  ensemble: {row['share_far']:.3f} of the far grid below the test median entropy")
-
-    results = LatentResults(
-        header=_header(config, command, test.provenance, trained,
-                       time.perf_counter() - started),
-        dataset=config.data, classes=list(test.classes),
-        architectures=list(config.architectures), predictives=kinds_seen, measures=measures,
-        resolution=config.resolution, bound=config.bound, codes=plane.codes,
-        code_labels=test.labels, grid_images=plane.grid.images.cpu(), near=plane.near,
-        maps=maps, predicted=predicted, confident=confident, shares=pd.DataFrame(shares),
-        midpoints=pd.DataFrame(mids), midpoint_scores=mid_scores, path_images=path_images,
-        path_scores=path_scores,
-        path_labels=[(test.classes[int(test.labels[i])], test.classes[int(test.labels[j])])
-                     for i, j in zip(idx_a[:e], idx_b[:e], strict=True)])
-    report = write_latent_report(results, out)
-    write_json(out / "metrics.json", {
-        "dataset": config.data, "shares": results.shares.to_dict(orient="records"),
-        "midpoints": results.midpoints.to_dict(orient="records"), "header": results.header,
-        "seconds_total": round(time.perf_counter() - started, 1)})
-    return report
+    midpoints = {"pixel": latent.pixel_path(a, b, 3)[:, 1],
+                 "latent": latent.latent_path(plane.encode, plane.decode, a, b, 3)[:, 1].cpu()}
+    e = min(settings.path_examples, settings.pairs)
+    paths = {"pixel": latent.pixel_path(a[:e], b[:e], settings.steps),
+             "latent": latent.latent_path(plane.encode, plane.decode, a[:e], b[:e],
+                                          settings.steps).cpu()}
+    labels = [(test.classes[int(test.labels[i])], test.classes[int(test.labels[j])])
+              for i, j in zip(idx_a[:e], idx_b[:e], strict=True)]
+    return midpoints, paths, labels
 
 
-def _header(config: LatentConfig, command: str, provenance: dict[str, Any],
-            trained_seconds: float, seconds: float) -> dict[str, Any]:
-    return {
-        "title": f"trustmap: where in latent space is the model unsure ({config.data})",
-        "command": command,
-        "dataset": config.data,
-        "provenance": provenance,
-        "config": asdict(config),
-        "model_options": MODEL_OPTIONS,
-        "far_from_data": f"at least {latent.FAR_SPACINGS:g} grid spacings "
-                         f"({latent.FAR_SPACINGS * 2 * config.bound / (config.resolution - 1):.2f})"
-                         " from every encoded test image",
-        "versions": {"trustmap": trustmap.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-        "seconds_training": round(trained_seconds, 1),
-        "seconds": round(seconds, 1),
-    }
+class LatentStudy:
+    """``trustmap study latent``: the maps of every architecture, and the interpolations."""
+
+    results_type = LatentResults
+    name = "latent"
+    title = "Where in latent space is the model unsure"
+    run_preset = RUN_PRESET
+
+    def compute(self, ctx: RunContext) -> LatentResults:
+        settings: LatentSettings = ctx.section(self.name)
+        data = ctx.settings.data.in_distribution
+        train, test = load(data, "train"), ctx.test_set(data)
+        vae = ctx.vae(train, settings.vae_epochs)
+        ensembles = _ensembles(ctx, settings, train)
+        with ctx.timed("latent map"):
+            plane = latent_plane(vae, test, settings.resolution, settings.bound, ctx.device)
+            midpoint_images, path_images, path_labels = _interpolations(plane, test, settings,
+                                                                        ctx.seed)
+            maps, predicted, confident, shares, mids, mid_scores, path_scores = \
+                {}, {}, {}, [], [], {}, {}
+            kinds_seen: list[str] = []
+            measures = list(settings.measures)
+            for architecture, models in ensembles.items():
+                ctx.log(f"scoring the {settings.resolution}x{settings.resolution} latent grid "
+                        f"under {architecture}")
+                predictives = predictives_of(models, ctx.settings.predictives.kinds,
+                                             ctx.settings.predictives.mc_samples, ctx.seed)
+                kinds_seen += [k for k in predictives if k not in kinds_seen]
+                on_test = latent.score_images(test.images, predictives, [THRESHOLD_MEASURE])
+                thresholds = {kind: float(on_test.scores[kind][THRESHOLD_MEASURE].median())
+                              for kind in predictives}
+                grid_scores = score_grid(architecture, plane, predictives, measures, thresholds)
+                maps.update({(architecture, *key): value
+                             for key, value in grid_scores.maps.items()})
+                predicted.update({(architecture, k): v for k, v in grid_scores.predicted.items()})
+                confident.update({(architecture, k): v for k, v in grid_scores.confident.items()})
+                shares += grid_scores.shares
+                for path in midpoint_images:
+                    at_mid = latent.score_images(midpoint_images[path], predictives, measures)
+                    along = latent.path_scores(path_images[path], predictives, measures)
+                    for kind in predictives:
+                        for measure in measures:
+                            values = at_mid.scores[kind][measure].cpu()
+                            mid_scores[architecture, kind, measure, path] = values
+                            path_scores[architecture, kind, measure, path] = \
+                                along.scores[kind][measure].cpu()
+                            mids.append({"architecture": architecture, "predictive": kind,
+                                         "measure": measure, "path": path,
+                                         "pairs": len(values), "mean": float(values.mean()),
+                                         "median": float(values.median())})
+        return LatentResults(
+            header=self._header(ctx, test.provenance), dataset=data,
+            classes=list(test.classes), architectures=list(ensembles),
+            predictives=kinds_seen, measures=measures, resolution=settings.resolution,
+            bound=settings.bound, codes=plane.codes.cpu(), code_labels=test.labels,
+            grid_images=plane.grid.images.cpu(), near=plane.near, maps=maps,
+            predicted=predicted, confident=confident, shares=pd.DataFrame(shares),
+            midpoints=pd.DataFrame(mids, columns=list(MIDPOINT_COLUMNS)),
+            midpoint_scores=mid_scores, path_images=path_images, path_scores=path_scores,
+            path_labels=path_labels)
+
+    def write(self, results: LatentResults, ctx: RunContext) -> Path:
+        report = write_latent_report(results, ctx.out)
+        write_json(ctx.out / "metrics.json", {
+            "dataset": results.dataset, "shares": results.shares.to_dict(orient="records"),
+            "midpoints": results.midpoints.to_dict(orient="records"),
+            "header": results.header})
+        return report
+
+    def _header(self, ctx: RunContext, provenance: dict[str, Any]) -> dict[str, Any]:
+        settings: LatentSettings = ctx.section(self.name)
+        data = ctx.settings.data.in_distribution
+        spacing = latent.FAR_SPACINGS * 2 * settings.bound / (settings.resolution - 1)
+        return {
+            "title": f"trustmap: where in latent space is the model unsure ({data})",
+            "command": ctx.command,
+            "dataset": data,
+            "provenance": provenance,
+            "config": settings.model_dump(),
+            "model_options": MODEL_OPTIONS,
+            "far_from_data": f"at least {latent.FAR_SPACINGS:g} grid spacings ({spacing:.2f}) "
+                             "from every encoded test image",
+            "versions": {"trustmap": trustmap.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+        }

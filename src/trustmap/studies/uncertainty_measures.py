@@ -9,10 +9,8 @@ with every measure, evaluates detection, calibration and adversarial detection, 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,14 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 import trustmap
 from trustmap.atomic import write_atomic
 from trustmap.data import Dataset, load
-from trustmap.errors import DataError
+from trustmap.errors import ConfigError, DataError
 from trustmap.evaluate.adversarial import (
     detection_table,
     mean_log_probs,
@@ -43,91 +39,27 @@ from trustmap.evaluate.calibration import (
     reliability_bins,
 )
 from trustmap.evaluate.ood import detection_metrics, misclassification_metrics
-from trustmap.explain import influence
-from trustmap.predictive import Prediction, make_predictive, predict_kinds
+from trustmap.explain import disagreement
+from trustmap.predictive import Prediction, predict_kinds
 from trustmap.report.html import write_report
-from trustmap.report.results import InfluenceMap, LatentMap, RunResults
-from trustmap.studies.config import RunConfig, validate
+from trustmap.report.results import InfluenceResults, RunResults, SetId
+from trustmap.studies.base import Log, RunContext, TensorCache, ensemble_spec
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
-from trustmap.studies.influence_maps import InfluenceConfig
-from trustmap.studies.latent_maps import THRESHOLD_MEASURE, latent_plane, score_grid
-from trustmap.training import RunSpec, TrainConfig, fit_ensemble, split_validation, write_json
+from trustmap.training import EnsembleRun, split_validation, write_json
 from trustmap.uncertainty import MEASURES, compute
 
-Log = Callable[[str], None]
-INFLUENCE_METRICS = InfluenceConfig().metrics
-INFLUENCE_MEASURES = InfluenceConfig().measures
 
-
-def _spec(config: RunConfig) -> RunSpec:
-    model = config.model
-    return RunSpec(model=model.name, members=model.members, seed=config.seed,
-                   train=TrainConfig(epochs=model.epochs, batch_size=model.batch_size,
-                                     lr=model.lr, optimizer=model.optimizer,
-                                     weight_decay=model.weight_decay, augment=model.augment),
-                   val_fraction=model.val_fraction,
-                   model_kwargs={"dropout": model.dropout} if model.dropout > 0 else {})
-
-
-def checkpoint_dir(out: Path, config: RunConfig) -> Path:
-    """Checkpoints are keyed by what defines them, so a changed config trains anew."""
-    key = json.dumps({"spec": _spec(config).to_json(), "data": config.data.in_distribution},
-                     sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return out / "checkpoints" / f"{config.model.name}-{digest}"
-
-
-class TensorCache:
-    """Tensors computed from a run's checkpoints, kept in safetensors files by content key.
-
-    Attacks, forward passes and the maps behind explanation disagreement are the slow part of
-    a run; their results depend only on the checkpoints and on the settings named in the key,
-    so a second run with the same settings
-    loads them instead (measures, tables and figures are always computed afresh).
-    """
-
-    def __init__(self, directory: Path, scope: str) -> None:
-        self.directory = directory
-        self.scope = scope
-        self.hits = 0
-
-    def get(self, key: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
-            ) -> dict[str, torch.Tensor]:
-        text = json.dumps({"scope": self.scope, **key}, sort_keys=True, default=str)
-        path = self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
-        if path.is_file():
-            try:
-                tensors = load_file(str(path))
-                self.hits += 1
-                return tensors
-            except (OSError, SafetensorError):
-                path.unlink(missing_ok=True)  # damaged: compute again
-        tensors = {k: v.detach().cpu().clone() for k, v in compute().items()}  # no shared views
-        write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
-        return tensors
-
-
-def noise_of(adversarial_set: str) -> str:
-    """The name of the same-norm noise control of an adversarial set ``adv:...``."""
-    return "noise:" + adversarial_set.removeprefix("adv:")
-
-
-def _first(dataset: Dataset, n: int) -> Dataset:
-    return dataset if len(dataset) <= n else dataset.subset(
-        torch.arange(n), f"first {n} of {len(dataset)}")
-
-
-def _test_sets(config: RunConfig, log: Log) -> tuple[dict[str, Dataset], list[str]]:
+def _test_sets(ctx: RunContext) -> tuple[dict[str, Dataset], list[str]]:
     """The ID test set and every OOD set that is available here, each cut to max_per_set."""
-    n = config.data.max_per_set
-    sets = {config.data.in_distribution: _first(load(config.data.in_distribution, "test"), n)}
+    data = ctx.settings.data
+    sets = {data.in_distribution: ctx.test_set(data.in_distribution)}
     skipped = []
-    for name in config.data.ood:
+    for name in data.ood:
         try:
-            sets[name] = _first(load(name, "test"), n)
+            sets[name] = ctx.test_set(name)
         except DataError as error:
             skipped.append(f"{name}: {error}")
-            log(f"skipping OOD set {name}: not available here (see `trustmap data list`)")
+            ctx.log(f"skipping OOD set {name}: not available here (see `trustmap data list`)")
     return sets, skipped
 
 
@@ -145,49 +77,50 @@ def _attack(forward: Callable[[torch.Tensor], torch.Tensor], attack: str, epsilo
     return {"adversarial": x_adv, "noise": same_norm_noise(x, x_adv, generator)}
 
 
-def _adversarial_sets(config: RunConfig, members: list[nn.Module], clean: Dataset,
-                      cache: TensorCache, log: Log
-                      ) -> tuple[dict[str, Dataset], dict[str, dict[str, Any]]]:
+def _adversarial_sets(ctx: RunContext, members: list[nn.Module], clean: Dataset,
+                      cache: TensorCache) -> tuple[dict[str, Dataset], list[SetId]]:
     """Attacked and same-norm-noise copies of the first ``n`` clean test inputs."""
-    adv = config.adversarial
+    adv, seed = ctx.settings.adversarial, ctx.seed
     x, y = clean.images[: adv.n], clean.labels[: adv.n]
     sets: dict[str, Dataset] = {}
-    info: dict[str, dict[str, Any]] = {}
+    made_sets: list[SetId] = []
     for attacked in adv.attacked:
         forward = mean_log_probs(members if attacked == "ensemble" else members[:1],
-                                 config.predictives.mc_samples if attacked == "mc-dropout"
-                                 else 0)
+                                 ctx.settings.predictives.mc_samples
+                                 if attacked == "mc-dropout" else 0)
         for attack in adv.attacks:
             for epsilon in adv.epsilons:
-                name = f"adv:{attack}:{epsilon:g}:{attacked}"
+                identity = SetId("adversarial", attack=attack, epsilon=epsilon,
+                                 attacked=attacked)
+                name, noise_name = str(identity), str(identity.noise)
                 attack_now = functools.partial(_attack, forward, attack, epsilon, x, y,
-                                               adv.steps, config.seed, log, attacked)
+                                               adv.steps, seed, ctx.log, attacked)
                 made = cache.get({"set": name, "n": len(x), "steps": adv.steps,
-                                  "seed": config.seed, "data": clean.provenance}, attack_now)
+                                  "seed": seed, "data": clean.provenance}, attack_now)
                 x_adv, noisy = made["adversarial"], made["noise"]
                 note = f"{attack} (L-inf, eps {epsilon:g}) against the {attacked} model"
                 provenance = {"source": {"attacked": clean.name, "attack": note},
                               "transforms": [note]}
                 sets[name] = Dataset(name, "test", x_adv.detach(), y, clean.classes, provenance)
-                sets[noise_of(name)] = Dataset(
-                    noise_of(name), "test", noisy, y, clean.classes,
+                sets[noise_name] = Dataset(
+                    noise_name, "test", noisy, y, clean.classes,
                     {"source": provenance["source"],
                      "transforms": [note, "replaced by Gaussian noise of the same L2 norm"]})
-                info[name] = {"attack": attack, "epsilon": epsilon, "attacked": attacked}
-    return sets, info
+                made_sets.append(identity)
+    return sets, made_sets
 
 
-def _predict(cache: TensorCache, kinds: list[str], members: list[nn.Module], dataset: Dataset,
-             config: RunConfig) -> dict[str, Prediction]:
+def predict(ctx: RunContext, cache: TensorCache, members: list[nn.Module], dataset: Dataset
+            ) -> dict[str, Prediction]:
     """Every predictive's sample logits on ``dataset``, from the cache when it has them."""
+    kinds = list(ctx.settings.predictives.kinds)
+    samples = ctx.settings.predictives.mc_samples
     key = {"set": dataset.name, "split": dataset.split, "n": len(dataset),
-           "provenance": dataset.provenance, "kinds": kinds,
-           "mc_samples": config.predictives.mc_samples, "seed": config.seed,
-           "checksum": float(dataset.images.double().sum())}
+           "provenance": dataset.provenance, "kinds": kinds, "mc_samples": samples,
+           "seed": ctx.seed, "checksum": float(dataset.images.double().sum())}
 
     def forward() -> dict[str, torch.Tensor]:
-        made = predict_kinds(kinds, members, dataset.images, config.predictives.mc_samples,
-                             config.seed)
+        made = predict_kinds(kinds, members, dataset.images, samples, ctx.seed)
         return {kind: prediction.sample_logits for kind, prediction in made.items()}
 
     return {kind: Prediction(logits) for kind, logits in cache.get(key, forward).items()}
@@ -234,13 +167,13 @@ def _misclassification_table(id_set: Dataset, kinds: list[str], measures: list[s
     return pd.DataFrame(rows)
 
 
-def _calibration(kinds: list[str], val: Dataset, test: Dataset, members: list[nn.Module],
-                 config: RunConfig, test_predictions: dict[str, Prediction],
-                 cache: TensorCache) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _calibration(ctx: RunContext, cache: TensorCache, val: Dataset, test: Dataset,
+                 members: list[nn.Module], test_predictions: dict[str, Prediction]
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Before/after temperature scaling, one temperature per predictive fitted on validation."""
-    val_predictions = _predict(cache, kinds, members, val, config)
+    val_predictions = predict(ctx, cache, members, val)
     rows, bins = [], []
-    for kind in kinds:
+    for kind in ctx.settings.predictives.kinds:
         log_val = val_predictions[kind].mean_probs.clamp_min(1e-30).log()
         temperature = fit_temperature(log_val, val.labels)
         before = test_predictions[kind].mean_probs
@@ -253,14 +186,14 @@ def _calibration(kinds: list[str], val: Dataset, test: Dataset, members: list[nn
     return pd.DataFrame(rows), pd.concat(bins, ignore_index=True)
 
 
-def _adversarial_table(info: dict[str, dict[str, Any]], clean_name: str, n: int,
+def _adversarial_table(adversarial: list[SetId], clean_name: str, n: int,
                        kinds: list[str], measures: list[str], id_set: Dataset,
                        predictions: dict[str, dict[str, Prediction]],
                        scores: dict[str, dict[str, dict[str, torch.Tensor]]]) -> pd.DataFrame:
     frames = []
     labels = id_set.labels[:n]
-    for name, meta in info.items():
-        attacked = meta["attacked"]
+    for identity in adversarial:
+        name, attacked = str(identity), identity.attacked
         before = predictions[clean_name][attacked].predicted[:n]
         after = predictions[name][attacked].predicted
         successful = success(labels, before, after)
@@ -268,10 +201,10 @@ def _adversarial_table(info: dict[str, dict[str, Any]], clean_name: str, n: int,
         for kind in kinds:
             measures_here = [m for m in measures if m in scores[name][kind]]
             clean = {m: scores[clean_name][kind][m][:n] for m in measures_here}
-            noise = {m: scores[noise_of(name)][kind][m] for m in measures_here}
+            noise = {m: scores[str(identity.noise)][kind][m] for m in measures_here}
             adv = {m: scores[name][kind][m] for m in measures_here}
             table = detection_table(clean, noise, adv, successful)
-            frames.append(table.assign(attack=meta["attack"], epsilon=meta["epsilon"],
+            frames.append(table.assign(attack=identity.attack, epsilon=identity.epsilon,
                                        attacked=attacked, success_rate=rate,
                                        predictive=kind))
     columns = ["attack", "epsilon", "attacked", "success_rate", "negatives", "subset",
@@ -280,163 +213,121 @@ def _adversarial_table(info: dict[str, dict[str, Any]], clean_name: str, n: int,
         columns=columns)
 
 
-def run(config: RunConfig, runs_dir: Path | str = "runs", progress: bool = True,
-        log: Log = print, command: str = "trustmap run") -> Path:
-    """The whole study; returns the path of ``report.html``."""
-    started = time.perf_counter()
-    validate(config)
-    out = Path(runs_dir) / config.name
-    kinds = list(config.predictives.kinds)
-    measures = list(config.measures.names) or list(MEASURES)
-    torch.manual_seed(config.seed)
+class UncertaintyStudy:
+    """The run's core: which measure, under which predictive, flags OOD and adversarial inputs;
+    with the explanation section (seeds 000 and 001) on the same ensemble."""
 
-    train = load(config.data.in_distribution, "train")
-    checkpoints = checkpoint_dir(out, config)
-    resumed: list[int] = []
-    log(f"ensemble: {config.model.members} x {config.model.name} on {train.name} "
-        f"-> {checkpoints}")
-    ensemble = fit_ensemble(_spec(config), train, checkpoints, progress=progress,
-                            device=config.device,
-                            on_member=lambda i, r: resumed.append(i) if r is None else None)
-    members = [m.cpu().eval() for m in ensemble.members]
-    trained_seconds = time.perf_counter() - started
+    results_type = RunResults
+    name = "uncertainty"
+    title = "Uncertainty, detection, calibration and explanations"
+    run_preset: dict[str, Any] = {}
 
-    sets, skipped = _test_sets(config, log)
-    id_name = config.data.in_distribution
-    cache = TensorCache(out / "cache", checkpoints.name)
-    adv_sets, adv_info = _adversarial_sets(config, members, sets[id_name], cache, log)
-    sets.update(adv_sets)
+    def compute(self, ctx: RunContext) -> RunResults:
+        settings = ctx.settings
+        kinds = list(settings.predictives.kinds)
+        measures = settings.measures.selected
+        torch.manual_seed(ctx.seed)
+        train = load(settings.data.in_distribution, "train")
+        _check_patch(settings.explanations.patch, train)
+        ensemble = ctx.ensemble(ensemble_spec(settings.model, ctx.seed), train)
+        members = ensemble.members
+        cache = ctx.cache(ensemble)
 
-    log(f"scoring {sum(len(d) for d in sets.values())} inputs in {len(sets)} sets "
-        f"under {', '.join(kinds)}")
-    predictions = {name: _predict(cache, kinds, members, d, config)
-                   for name, d in sets.items()}
-    plain = [m for m in measures if MEASURES[m].attributions is None]
-    scores = {name: {kind: compute(p, plain) for kind, p in by_kind.items()}
-              for name, by_kind in predictions.items()}
-    if len(plain) < len(measures):
-        log(f"explanation disagreement under {', '.join(config.explanations.predictives)}")
-        for name, dataset in sets.items():
-            made = explanation_scores(cache, measures, members, dataset, predictions[name],
-                                      config)
-            for kind, values in made.items():
-                scores[name][kind].update(values)
-    explanations = explanation_results(members, sets, config, measures, log)
-    latent = _latent_map(config, train, sets[id_name], members, kinds, predictions[id_name],
-                         out, progress, log) if config.latent.resolution else None
-    influence_maps = _influence_map(config, sets[id_name], predictions[id_name], log) \
-        if config.influence.images else None
+        sets, skipped = _test_sets(ctx)
+        id_name = settings.data.in_distribution
+        with ctx.timed("attacks"):
+            adv_sets, adversarial = _adversarial_sets(ctx, members, sets[id_name], cache)
+        sets.update(adv_sets)
 
-    ood_names = [n for n in sets if n != id_name and not n.startswith("noise:")]
-    _, val = split_validation(train, config.model.val_fraction, config.seed)
-    assert val is not None  # validate() requires val_fraction > 0
-    calibration, reliability = _calibration(kinds, val, sets[id_name], members, config,
-                                            predictions[id_name], cache)
-    results = RunResults(
-        header={},
-        in_distribution=id_name,
-        predictives=kinds,
-        measures={m: MEASURES[m].definition for m in measures},
-        per_sample=pd.concat([_per_sample(n, d, predictions[n], scores[n])
-                              for n, d in sets.items()], ignore_index=True),
-        ood=_ood_table(id_name, ood_names, kinds, measures, scores),
-        misclassification=_misclassification_table(sets[id_name], kinds, measures,
-                                                    predictions[id_name], scores[id_name]),
-        calibration=calibration,
-        reliability=reliability,
-        adversarial=_adversarial_table(adv_info, id_name, config.adversarial.n, kinds,
-                                       measures, sets[id_name], predictions, scores),
-        images={name: d.images for name, d in sets.items()},
-        explanations=explanations,
-        latent=latent,
-        influence=influence_maps,
-    )
-    results.header = _header(config, command, ensemble, sets, skipped, resumed,
-                             trained_seconds, time.perf_counter() - started)
-    results.header["cache"] = (f"{cache.hits} attack, forward-pass and explanation results "
-                               f"reused from {cache.directory}" if cache.hits
-                               else "nothing reused")
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "per_sample.parquet",
-                 lambda tmp: results.per_sample.to_parquet(tmp, index=False))
-    report = write_report(results, out)
-    results.header["seconds_total"] = round(time.perf_counter() - started, 1)  # with drawing
-    write_json(out / "metrics.json", _metrics(results))
-    return report
+        ctx.log(f"scoring {sum(len(d) for d in sets.values())} inputs in {len(sets)} sets "
+                f"under {', '.join(kinds)}")
+        with ctx.timed("scoring"):
+            predictions = {name: predict(ctx, cache, members, d) for name, d in sets.items()}
+            plain = [m for m in measures if m in MEASURES]
+            scores = {name: {kind: compute(p, plain) for kind, p in by_kind.items()}
+                      for name, by_kind in predictions.items()}
+        if len(plain) < len(measures):
+            ctx.log(f"explanation disagreement under {', '.join(ctx.settings.explained_kinds)}")
+            with ctx.timed("explanation disagreement"):
+                for name, dataset in sets.items():
+                    made = explanation_scores(cache, measures, members, dataset,
+                                              predictions[name], settings)
+                    for kind, values in made.items():
+                        scores[name][kind].update(values)
+        explanations = explanation_results(ctx, members, sets, measures)
 
+        # adversarial sets are also ranked as OOD sets; their noise controls only as negatives
+        ood_names = [n for n in sets if SetId.parse(n, id_name).role in ("ood", "adversarial")]
+        with ctx.timed("calibration"):
+            _, val = split_validation(train, settings.model.val_fraction, ctx.seed)
+            assert val is not None  # the settings require val_fraction > 0
+            calibration, reliability = _calibration(ctx, cache, val, sets[id_name], members,
+                                                    predictions[id_name])
+        with ctx.timed("tables"):
+            results = RunResults(
+                header=_header(ctx, ensemble, sets, skipped),
+                in_distribution=id_name,
+                predictives=kinds,
+                measures={m: (MEASURES.get(m) or disagreement.MEASURES[m]).definition
+                          for m in measures},
+                per_sample=pd.concat([_per_sample(n, d, predictions[n], scores[n])
+                                      for n, d in sets.items()], ignore_index=True),
+                ood=_ood_table(id_name, ood_names, kinds, measures, scores),
+                misclassification=_misclassification_table(
+                    sets[id_name], kinds, measures, predictions[id_name], scores[id_name]),
+                calibration=calibration,
+                reliability=reliability,
+                adversarial=_adversarial_table(adversarial, id_name, settings.adversarial.n,
+                                               kinds, measures, sets[id_name], predictions,
+                                               scores),
+                images={name: d.images for name, d in sets.items()},
+                explanations=explanations,
+            )
+        return results
 
-def _latent_map(config: RunConfig, train: Dataset, test: Dataset, members: list[nn.Module],
-                kinds: list[str], on_test: dict[str, Prediction], out: Path, progress: bool,
-                log: Log) -> LatentMap:
-    """Seed 003's map, small: the ensemble's uncertainty over a 2-D VAE's decoded plane."""
-    settings = config.latent
-    log(f"latent map: VAE on {train.name}, {settings.resolution}x{settings.resolution} grid")
-    plane = latent_plane(train, test, out / "vae", settings.resolution, settings.bound,
-                         settings.vae_epochs, config.seed, progress, config.device)
-    predictives = {kind: make_predictive(kind, members, config.predictives.mc_samples,
-                                         config.seed) for kind in kinds}
-    thresholds = {kind: float(compute(on_test[kind], [THRESHOLD_MEASURE])[THRESHOLD_MEASURE]
-                              .median()) for kind in kinds}
-    measures = [THRESHOLD_MEASURE, "mutual_information"]
-    scored = score_grid(config.model.name, plane, predictives, measures, thresholds)
-    return LatentMap(architecture=config.model.name, classes=list(test.classes),
-                     predictives=kinds, measures=measures, resolution=settings.resolution,
-                     bound=settings.bound, codes=plane.codes, code_labels=test.labels,
-                     maps=scored.maps, confident=scored.confident,
-                     shares=pd.DataFrame(scored.shares))
+    def write(self, results: RunResults, ctx: RunContext) -> Path:
+        """``report.html``, ``per_sample.parquet`` and ``metrics.json`` of the run."""
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        write_atomic(ctx.out / "per_sample.parquet",
+                     lambda tmp: results.per_sample.to_parquet(tmp, index=False))
+        with ctx.timed("drawing"):
+            report = write_report(results, ctx.out)
+        results.header["seconds"] = ctx.timings
+        write_json(ctx.out / "metrics.json", metrics(results))
+        return report
 
 
-def _influence_map(config: RunConfig, test: Dataset, on_test: dict[str, Prediction], log: Log
-                   ) -> InfluenceMap:
-    """Seed 004's maps, small: the ensemble (else the first predictive) on the ID test set."""
-    kind = "ensemble" if "ensemble" in on_test else next(iter(on_test))
-    count = min(config.influence.images, len(test))
-    images, labels = test.images[:count], test.labels[:count]
-    prediction = Prediction(on_test[kind].sample_logits[:, :count])
-    log(f"influence maps: every pixel of {count} {test.name} test images projected ({kind})")
-    projection = influence.project(images.to(prediction.sample_logits.device),
-                                   alpha=config.influence.alpha)
-    probabilities = prediction.mean_probs
-    changes = {metric: influence.performance_map(projection, metric, labels, probabilities)
-               for metric in INFLUENCE_METRICS}
-    changes.update({measure: influence.uncertainty_map(projection, prediction, measure)
-                    for measure in INFLUENCE_MEASURES})
-    shape = images.shape[2:]
-    return InfluenceMap(
-        architecture=config.model.name, classes=list(test.classes), images=count,
-        alpha=config.influence.alpha,
-        influence=influence.influence_map(projection, probabilities)[:, 0].cpu(),
-        member_std=influence.member_maps(projection, prediction.sample_probs).std[:, 0].cpu(),
-        changes={name: change[0].cpu() for name, change in changes.items()},
-        constant=projection.constant.reshape(shape).cpu(),
-        not_converged=(~projection.converged).any(0).reshape(shape).cpu(),
-        projection=projection.summary())
+def _check_patch(patch: int, train: Dataset) -> None:
+    """Region perturbation removes whole patches: the patch must tile the images."""
+    height, width = train.images.shape[2:]
+    if height % patch or width % patch:
+        raise ConfigError(f"explanations.patch = {patch} does not tile the {height}x{width} "
+                          f"images of {train.name}; choose a divisor of both")
 
 
-def _header(config: RunConfig, command: str, ensemble: Any, sets: dict[str, Dataset],
-            skipped: list[str], resumed: list[int], trained_seconds: float,
-            seconds: float) -> dict[str, Any]:
+def _header(ctx: RunContext, ensemble: EnsembleRun, sets: dict[str, Dataset],
+            skipped: list[str]) -> dict[str, Any]:
+    settings = ctx.settings
     member_accuracy = [m["metrics"]["val_accuracy"] for m in ensemble.member_meta]
     origin = ("reused from " + str(ensemble.directory)
-              if len(resumed) == len(member_accuracy) else "trained now")
+              if str(ensemble.directory) in ctx.resumed else "trained now")
     return {
-        "command": command,
+        "command": ctx.command,
         "trustmap": trustmap.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "seed": config.seed,
-        "config": config.to_dict(),
-        "model": f"{config.model.members} x {config.model.name} ({origin})",
+        "seed": settings.seed,
+        "config": settings.model_dump(mode="json"),
+        "model": f"{settings.model.members} x {settings.model.name} ({origin})",
         "member validation accuracy": [round(a, 4) for a in member_accuracy],
         "datasets": {name: {"n": len(d), "provenance": d.provenance}
                      for name, d in sets.items()},
         "skipped": skipped,
-        "seconds_training": round(trained_seconds, 1),
-        "seconds_before_drawing": round(seconds, 1),
     }
 
 
-def _metrics(results: RunResults) -> dict[str, Any]:
+def metrics(results: RunResults) -> dict[str, Any]:
+    """What ``metrics.json`` keeps of a run: every table but the per-sample one."""
     def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
         return json.loads(frame.to_json(orient="records"))
     return {"header": results.header, "ood": records(results.ood),
@@ -444,15 +335,19 @@ def _metrics(results: RunResults) -> dict[str, Any]:
             "calibration": records(results.calibration),
             "adversarial": records(results.adversarial),
             "latent": None if results.latent is None else records(results.latent.shares),
-            "influence": None if results.influence is None else {
-                "images": results.influence.images, "projection": results.influence.projection,
-                "max_abs_influence": dict(zip(results.influence.classes, results.influence
-                                              .influence.abs().flatten(1).amax(1).tolist(),
-                                              strict=True)),
-                "max_abs_change": {name: float(change.abs().max())
-                                   for name, change in results.influence.changes.items()}},
+            "influence": None if results.influence is None else _influence_metrics(
+                results.influence),
             "explanations": None if results.explanations is None else {
                 "predictive": results.explanations.predictive,
                 "measures": results.explanations.measures,
                 "aopc": records(results.explanations.aopc),
                 "sanity": records(results.explanations.sanity)}}
+
+
+def _influence_metrics(found: InfluenceResults) -> dict[str, Any]:
+    changes = {**found.performance, **found.uncertainty}
+    return {"images": found.header["images"], "projection": found.projection,
+            "max_abs_influence": dict(zip(found.classes, found.influence.abs().flatten(1)
+                                          .amax(1).tolist(), strict=True)),
+            "max_abs_change": {name: float(change.abs().max())
+                               for name, change in changes.items()}}

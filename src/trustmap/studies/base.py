@@ -1,0 +1,192 @@
+"""What every study shares: the RunContext built once per command, and the Study shape.
+
+A study is settings (a ``Section`` of the settings file), ``compute(ctx) -> results`` and
+``section(results)`` (what its part of a page shows). ``trustmap run`` computes the studies its
+settings enable, one after another, on one context; ``trustmap study NAME`` computes one. The
+context owns everything a study must not decide on its own: the settings, the seed, the device,
+the log and progress bars, the timings, the tensor cache and the checkpoint policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trustmap.atomic import write_atomic
+from trustmap.data import Dataset, load
+from trustmap.studies.settings import ModelSettings, RunSettings, Section, torch_device
+from trustmap.training import EnsembleRun, FitResult, RunSpec, TrainConfig, fit_ensemble, fit_vae
+
+Log = Callable[[str], None]
+
+
+def quiet(message: str) -> None:
+    """A log that says nothing."""
+
+
+class TensorCache:
+    """Tensors computed from a run's checkpoints, kept in safetensors files by content key.
+
+    Attacks, forward passes and the maps behind explanation disagreement are the slow part of
+    a run; their results depend only on the checkpoints and on the settings named in the key,
+    so a second run with the same settings loads them instead.
+    """
+
+    def __init__(self, directory: Path, scope: str) -> None:
+        self.directory = directory
+        self.scope = scope
+        self.hits = 0
+
+    def get(self, key: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
+            ) -> dict[str, torch.Tensor]:
+        text = json.dumps({"scope": self.scope, **key}, sort_keys=True, default=str)
+        path = self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
+        if path.is_file():
+            try:
+                tensors = load_file(str(path))
+                self.hits += 1
+                return tensors
+            except (OSError, SafetensorError):
+                path.unlink(missing_ok=True)  # damaged: compute again
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in compute().items()}
+        write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+        return tensors
+
+
+def ensemble_spec(model: ModelSettings, seed: int, name: str | None = None,
+                  members: int | None = None, epochs: int | None = None) -> RunSpec:
+    """The training run of ``[model]``, or of another zoo model trained the same way."""
+    return RunSpec(
+        model=name or model.name, members=members or model.members, seed=seed,
+        train=TrainConfig(epochs=epochs or model.epochs, batch_size=model.batch_size,
+                          lr=model.lr, optimizer=model.optimizer,
+                          weight_decay=model.weight_decay, augment=model.augment),
+        val_fraction=model.val_fraction,
+        model_kwargs={"dropout": model.dropout} if model.dropout > 0 else {})
+
+
+@dataclass
+class RunContext:
+    """Built once per command and handed to every study it runs."""
+
+    settings: RunSettings
+    out: Path
+    command: str = "trustmap run"
+    log: Log = quiet
+    progress: bool = True
+    timings: list[dict[str, Any]] = field(default_factory=list)
+    resumed: list[str] = field(default_factory=list)
+    """Checkpoint directories that were reused, not trained."""
+
+    def __post_init__(self) -> None:
+        self.device = torch_device(self.settings.device)
+        self.seed = self.settings.seed
+        self._ensembles: dict[Path, EnsembleRun] = {}
+        self._caches: list[TensorCache] = []
+
+    def section(self, name: str) -> Section:
+        """The settings table of the study ``name``."""
+        return getattr(self.settings, name)
+
+    @contextmanager
+    def timed(self, what: str) -> Iterator[None]:
+        """Time one part of the work into ``timings`` (seconds per section of the report)."""
+        started = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()  # kernels run asynchronously: count them where they ran
+        self.timings.append({"section": what, "seconds": round(time.perf_counter() - started,
+                                                                 2)})
+
+    def checkpoints(self, spec: RunSpec, data: str) -> Path:
+        """Checkpoints are keyed by what defines the weights, so changed settings train anew
+        and unchanged ones are reused, by every study alike."""
+        key = json.dumps({"spec": spec.to_json(), "data": data}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+        return self.out / "checkpoints" / f"{spec.model}-{digest}"
+
+    def cache(self, ensemble: EnsembleRun) -> TensorCache:
+        """The tensor cache of results computed from ``ensemble``'s checkpoints."""
+        cache = TensorCache(self.out / "cache", ensemble.directory.name)
+        self._caches.append(cache)
+        return cache
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(cache.hits for cache in self._caches)
+
+    def test_set(self, name: str) -> Dataset:
+        """The test split of ``name``, cut to its first ``[data] max_per_set`` images."""
+        dataset = load(name, "test")
+        n = self.settings.data.max_per_set
+        if n == 0 or len(dataset) <= n:
+            return dataset
+        return dataset.subset(torch.arange(n), f"first {n} of {len(dataset)}")
+
+    def ensemble(self, spec: RunSpec, train: Dataset) -> EnsembleRun:
+        """Train (or reuse) the ensemble ``spec`` on ``train``, members on the run's device;
+        within one command each ensemble is loaded once, whichever study asks."""
+        directory = self.checkpoints(spec, train.name)
+        if directory in self._ensembles:
+            return self._ensembles[directory]
+        reused: list[int] = []
+
+        def report(index: int, result: FitResult | None) -> None:
+            if result is None:
+                reused.append(index)
+                self.log(f"  member {index}: reused from {directory}")
+            else:
+                self.log(f"  member {index}: trained, validation accuracy "
+                         f"{result.metrics['val_accuracy'] or float('nan'):.3f}")
+
+        self.log(f"{spec.members} x {spec.model} on {train.name} -> {directory}")
+        with self.timed(f"training {spec.model}"):
+            run = fit_ensemble(spec, train, directory, progress=self.progress,
+                               device=self.device, on_member=report)
+        if len(reused) == spec.members:
+            self.resumed.append(str(directory))
+        for member in run.members:
+            member.to(self.device).eval()
+        self._ensembles[directory] = run
+        return run
+
+    def vae(self, train: Dataset, epochs: int) -> nn.Module:
+        """Train (or reuse) seed 003's 2-D VAE on ``train``, keyed like an ensemble."""
+        config = TrainConfig(epochs=epochs, batch_size=128)
+        spec = RunSpec(model="vae", members=1, seed=self.seed, train=config)
+        directory = self.checkpoints(spec, train.name)
+        self.log(f"VAE (2-D latent) on {train.name} -> {directory}")
+        with self.timed("training vae"):
+            vae, _ = fit_vae(train, directory, config, seed=self.seed, progress=self.progress,
+                             device=self.device)
+        return vae.eval()
+
+
+class Study(Protocol):
+    """One study: its settings table, its computation and its part of a page."""
+
+    name: str
+    """Its command (``trustmap study NAME``) and its table in the settings file."""
+    title: str
+    results_type: type
+    """What ``compute`` returns; saved beside the page so it can be drawn again."""
+    run_preset: dict[str, Any]
+    """Settings it takes inside ``trustmap run`` unless the file says otherwise (smaller maps
+    than the study alone draws, or the run's own ensemble)."""
+
+    def compute(self, ctx: RunContext) -> Any:
+        """Everything the study measures, as its typed results."""
+
+    def write(self, results: Any, ctx: RunContext) -> Path:
+        """Its own page and metrics, from results alone; returns the page."""

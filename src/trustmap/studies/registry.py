@@ -1,0 +1,127 @@
+"""Every study by name, the settings file they share, and the two ways to run them.
+
+Adding a study is one module (its settings table, ``compute``, ``write``) and one line in
+``STUDIES``. ``trustmap run`` computes the studies its settings enable on one context and
+draws one page; ``trustmap study NAME`` computes one and writes its own page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import create_model, model_validator
+
+from trustmap import persist
+from trustmap.errors import CheckpointError, ConfigError
+from trustmap.report.results import RunResults
+from trustmap.studies import settings as loader
+from trustmap.studies.base import Log, RunContext, Study, quiet
+from trustmap.studies.influence_maps import InfluenceSettings, InfluenceStudy
+from trustmap.studies.latent_maps import LatentSettings, LatentStudy
+from trustmap.studies.recurrent_relevance import RecurrentSettings, RecurrentStudy
+from trustmap.studies.settings import RunSettings
+from trustmap.studies.uncertainty_measures import UncertaintyStudy
+
+STUDIES: dict[str, Study] = {
+    "uncertainty": UncertaintyStudy(),
+    "latent": LatentStudy(),
+    "influence": InfluenceStudy(),
+    "recurrent": RecurrentStudy(),
+}
+IN_RUN_PAGE = ("uncertainty", "latent", "influence")
+"""The studies the run's page has a section for (the recurrent study has only its own page)."""
+
+
+def _studies_known(settings: RunSettings) -> RunSettings:
+    loader.allowed("studies", settings.studies, IN_RUN_PAGE)
+    if "uncertainty" not in settings.studies:
+        raise ConfigError("studies must include 'uncertainty': the run's page is built on it")
+    return settings
+
+
+Settings = create_model(
+    "Settings", __base__=RunSettings,
+    __validators__={"studies_known": model_validator(mode="after")(_studies_known)},
+    latent=(LatentSettings, LatentSettings()),
+    influence=(InfluenceSettings, InfluenceSettings()),
+    recurrent=(RecurrentSettings, RecurrentSettings()),
+)
+"""Every table of the settings file: the run's own and one per study."""
+
+STANDALONE: dict[str, dict[str, Any]] = {
+    "latent": {"data": {"max_per_set": 0}},
+    "influence": {"data": {"max_per_set": 0}},
+}
+"""Settings a study takes when run alone: every test image, not the run's first 1,000."""
+
+
+def run_preset() -> dict[str, Any]:
+    """The settings ``trustmap run`` starts from: each study's smaller in-run table."""
+    return {name: dict(study.run_preset) for name, study in STUDIES.items()
+            if study.run_preset}
+
+
+def load_settings(study: str | None = None, path: Path | str | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> RunSettings:
+    """Settings for ``trustmap run`` (``study=None``) or ``trustmap study NAME``: the command's
+    preset, then the TOML file, then the command-line options."""
+    if study is not None and study not in STUDIES:
+        raise ConfigError(f"unknown study {study!r}{loader.did_you_mean(study, STUDIES)}; "
+                          f"choose from {', '.join(STUDIES)}")
+    preset = run_preset() if study is None else STANDALONE.get(study, {})
+    return loader.load(Settings, path, preset, overrides)
+
+
+RESULTS_DIR = "results"
+"""Where a command keeps its studies' results, so that ``redraw`` needs no computation."""
+
+
+def run(settings: RunSettings, out: Path, progress: bool = True, log: Log = quiet,
+        command: str = "trustmap run") -> Path:
+    """``trustmap run``: every enabled study on one context, one page; returns the page."""
+    ctx = RunContext(settings, out, command, log, progress)
+    computed = {name: STUDIES[name].compute(ctx) for name in settings.studies}
+    results: RunResults = computed["uncertainty"]
+    results.latent = computed.get("latent")
+    results.influence = computed.get("influence")
+    results.header["cache"] = (f"{ctx.cache_hits} attack, forward-pass and explanation "
+                               f"results reused from {out / 'cache'}" if ctx.cache_hits
+                               else "nothing reused")
+    results.header["seconds"] = ctx.timings
+    persist.save(results, out / RESULTS_DIR, "run")
+    return _draw("uncertainty", results, ctx)
+
+
+def run_study(name: str, settings: RunSettings, out: Path, progress: bool = True,
+              log: Log = quiet, command: str = "") -> Path:
+    """``trustmap study NAME``: one study, its own page; returns the page."""
+    study = STUDIES[name]
+    ctx = RunContext(settings, out, command or f"trustmap study {name}", log, progress)
+    results = study.compute(ctx)
+    results.header["seconds"] = ctx.timings
+    persist.save(results, out / RESULTS_DIR, name)
+    return _draw(name, results, ctx)
+
+
+def _draw(name: str, results: Any, ctx: RunContext) -> Path:
+    """A study's page and metrics from its results, the drawing timed like the rest."""
+    with ctx.timed("drawing"):
+        return STUDIES[name].write(results, ctx)
+
+
+def redraw(out: Path, log: Log = quiet) -> Path:
+    """Draw the page of a finished run or study in ``out`` again from its saved results."""
+    saved = out / RESULTS_DIR
+    found = sorted(path.stem for path in saved.glob("*.json"))
+    if not found:
+        raise CheckpointError(f"{out} holds no saved results ({saved} is empty or missing); "
+                              "run `trustmap run` or `trustmap study NAME` there first")
+    name = found[0]
+    kind = RunResults if name == "run" else STUDIES[name].results_type
+    results = persist.load(kind, saved, name)
+    ctx = RunContext(Settings(), out, str(results.header.get("command", "")), log, False)
+    ctx.timings.extend(results.header.get("seconds", []))
+    log(f"drawing {name} again from {saved}")
+    return _draw("uncertainty" if name == "run" else name, results, ctx)

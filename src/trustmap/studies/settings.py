@@ -1,0 +1,338 @@
+"""Settings of every command, read one way: typed sections (pydantic), TOML files, CLI overrides.
+
+Each TOML table is a ``Section`` model; ``trustmap run`` and every ``trustmap study`` read the
+same file layout (``trustmap.studies.registry.Settings`` puts the sections together). A key
+that is not a field, a value of the wrong type, or a name that no registry knows raises a
+ConfigError naming the key and what is allowed. Values arrive as a TOML file would give them,
+so a list is a TOML array; nothing converts types by hand.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trustmap.errors import ConfigError, did_you_mean
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """One table of the settings: frozen, strictly typed, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def allowed(where: str, values: Iterable[str], choices: Iterable[str]) -> None:
+    """ConfigError for the first of ``values`` not among ``choices``, with a did-you-mean."""
+    choices = list(choices)
+    for value in values:
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not allowed{did_you_mean(value, choices)}; "
+                              f"choose from {', '.join(choices)}")
+
+
+def image_classifiers(where: str, values: Iterable[str]) -> None:
+    """ConfigError unless every name is a zoo model that reads images (not sequences)."""
+    from trustmap.models import names
+    from trustmap.models.recurrent import ARCHITECTURES
+
+    for value in values:
+        if value in ARCHITECTURES:
+            raise ConfigError(f"{where}: {value!r} reads sequences, it is not an image "
+                              f"classifier; choose from "
+                              f"{', '.join(n for n in names() if n not in ARCHITECTURES)}")
+    allowed(where, values, [n for n in names() if n not in ARCHITECTURES])
+
+
+def torch_device(name: str, where: str = "device") -> torch.device:
+    """The device ``name`` names, or a ConfigError that says which to use instead."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"{where} {name!r} is not a torch device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{where} {name!r} was asked for but no CUDA device is available; "
+                          "use cpu")
+    return device
+
+
+ALL_OOD = ("fashion-mnist", "letters", "natural-patches", "noise-uniform", "noise-gaussian")
+
+
+class DataSettings(Section):
+    in_distribution: str = "mnist-embedded"
+    ood: tuple[str, ...] = ALL_OOD
+    """OOD sets; official ones that are not on this machine are skipped with a note."""
+    max_per_set: int = Field(1000, ge=0)
+    """At most this many test images per set (the first ones, so the choice is fixed); 0: all."""
+
+    @model_validator(mode="after")
+    def _known(self) -> DataSettings:
+        from trustmap.data.catalog import REGISTRY
+
+        allowed("data.in_distribution", [self.in_distribution], REGISTRY)
+        allowed("data.ood", self.ood, REGISTRY)
+        if self.in_distribution in self.ood:
+            raise ConfigError(f"data.ood must not contain the in-distribution set "
+                              f"{self.in_distribution!r}")
+        return self
+
+
+class ModelSettings(Section):
+    """The run's ensemble: what every study explains unless it names its own models."""
+
+    name: str = "lenet"
+    members: int = Field(5, ge=1)
+    dropout: float = Field(0.25, ge=0, lt=1)
+    """Seed 000's lenet has none; 0.25 before the dense layers makes MC dropout possible."""
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: str = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    augment: tuple[str, ...] = ("shift",)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    """A validation split is needed: temperature scaling is fitted on it."""
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelSettings:
+        from trustmap.training import AUGMENTATIONS, OPTIMIZERS
+
+        image_classifiers("model.name", [self.name])
+        allowed("model.optimizer", [self.optimizer], OPTIMIZERS)
+        allowed("model.augment", self.augment, AUGMENTATIONS)
+        return self
+
+
+class PredictiveSettings(Section):
+    kinds: tuple[str, ...] = ("single", "ensemble", "mc-dropout", "ensemble-mc")
+    mc_samples: int = Field(10, ge=2)
+    """Dropout passes per model of ``mc-dropout`` and ``ensemble-mc``, everywhere in a run."""
+
+    @model_validator(mode="after")
+    def _known(self) -> PredictiveSettings:
+        from trustmap.predictive import PREDICTIVES
+
+        allowed("predictives.kinds", self.kinds, PREDICTIVES)
+        return self
+
+
+class MeasureSettings(Section):
+    names: tuple[str, ...] = ()
+    """Empty means every measure: of the probabilities, then of explanation disagreement."""
+
+    @model_validator(mode="after")
+    def _known(self) -> MeasureSettings:
+        allowed("measures.names", self.names, all_measures())
+        return self
+
+    @property
+    def selected(self) -> list[str]:
+        return list(self.names) or all_measures()
+
+
+def all_measures() -> list[str]:
+    """Every score a run can rank: uncertainty measures, then explanation disagreement."""
+    from trustmap import uncertainty
+    from trustmap.explain import disagreement
+
+    return [*uncertainty.names(), *disagreement.names()]
+
+
+class AdversarialSettings(Section):
+    attacks: tuple[str, ...] = ("fgsm", "pgd")
+    epsilons: tuple[float, ...] = (0.1, 0.2)
+    """L-inf radii; images are in [0, 1]."""
+    attacked: tuple[str, ...] = ("single", "ensemble")
+    """Whose gradients make the attack: the single model, the ensemble mean, or the
+    MC-dropout mean (``mc-dropout``, sampling ``predictives.mc_samples`` masks per step)."""
+    n: int = Field(500, ge=1)
+    steps: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _known(self) -> AdversarialSettings:
+        from trustmap.evaluate.adversarial import ATTACKS
+
+        allowed("adversarial.attacks", self.attacks, ATTACKS)
+        allowed("adversarial.attacked", self.attacked, ("single", "ensemble", "mc-dropout"))
+        if not all(0 < e <= 1 for e in self.epsilons):
+            raise ConfigError("adversarial.epsilons must be each in (0, 1] (images are in "
+                              f"[0, 1]), got {list(self.epsilons)}")
+        return self
+
+
+class ExplanationSettings(Section):
+    methods: tuple[str, ...] = ("gradient", "gradcam", "guided-backprop", "lrp-epsilon-plus")
+    """Methods of the report's map grid, faithfulness curves and sanity check."""
+    predictives: tuple[str, ...] = ("ensemble",)
+    """Predictives whose samples' maps are compared, where the run has them: the explanation-
+    disagreement measures are scored under these only (each costs S maps per input per method:
+    adding "mc-dropout" adds about 2 minutes to the default run); the report shows the first
+    one's maps."""
+    examples: int = Field(2, ge=1)
+    """Example inputs per test set in the grid of maps."""
+    class_method: str = "guided-backprop"
+    """Method of the class saliency maps (seed 001: guided backprop, |.|, min-max per map)."""
+    class_n: int = Field(100, ge=2)
+    """Inputs per class averaged into a class saliency map (a standard error needs two)."""
+    faithfulness_n: int = Field(200, ge=1)
+    """ID test inputs for region perturbation (patches removed most/least relevant first)."""
+    patch: int = Field(4, ge=1)
+    sanity_n: int = Field(32, ge=2)
+    """ID test inputs for the cascading parameter-randomisation check."""
+
+    @model_validator(mode="after")
+    def _known(self) -> ExplanationSettings:
+        from trustmap.explain.methods import names
+        from trustmap.predictive import PREDICTIVES
+
+        allowed("explanations.methods", self.methods, names())
+        allowed("explanations.class_method", [self.class_method], names())
+        allowed("explanations.predictives", self.predictives, PREDICTIVES)
+        return self
+
+
+class RunSettings(Section):
+    """The tables every command shares; each study adds its own (``studies.registry``)."""
+
+    name: str = "default"
+    seed: int = 0
+    device: str = "cpu"
+    studies: tuple[str, ...] = ("uncertainty", "latent", "influence")
+    """What ``trustmap run`` computes and reports, in this order."""
+    data: DataSettings = DataSettings()
+    model: ModelSettings = ModelSettings()
+    predictives: PredictiveSettings = PredictiveSettings()
+    measures: MeasureSettings = MeasureSettings()
+    adversarial: AdversarialSettings = AdversarialSettings()
+    explanations: ExplanationSettings = ExplanationSettings()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, name: str) -> str:
+        return str(torch_device(name))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunSettings:
+        """Checks across tables: what one table asks of another must be there."""
+        from trustmap.explain.methods import SINGLE_PASS
+
+        kinds = self.predictives.kinds
+        if self.model.dropout == 0 and {"mc-dropout", "ensemble-mc"} & set(kinds):
+            raise ConfigError("predictives.kinds asks for MC dropout but model.dropout is 0; "
+                              "set model.dropout > 0 or remove mc-dropout and ensemble-mc")
+        explained = self.explained_kinds
+        if not explained:
+            raise ConfigError("explanations.predictives names none of predictives.kinds; name "
+                              "at least one predictive the run has (its samples' maps are "
+                              "compared)")
+        if explained[0] in ("mc-dropout", "ensemble-mc"):
+            allowed(f"explanations.methods (shown for {explained[0]}, where every pass draws "
+                    "new dropout masks)", self.explanations.methods, sorted(SINGLE_PASS))
+        missing = [a for a in self.adversarial.attacked if a not in kinds]
+        if missing:
+            raise ConfigError(f"adversarial.attacked names {missing[0]!r}, which is not in "
+                              "predictives.kinds; an attack's success is judged by the "
+                              "predictive it attacked, so add it there")
+        return self
+
+    @property
+    def explained_kinds(self) -> list[str]:
+        """The predictives whose samples' maps are compared: the run's, in the explanations
+        order; the first one's maps are the ones the report shows."""
+        return [k for k in self.explanations.predictives if k in self.predictives.kinds]
+
+
+def _format(error: ValidationError) -> str:
+    """Pydantic's errors as one line each, located by dotted TOML key."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        kind, message = item["type"], item["msg"].removeprefix("Value error, ")
+        if kind in ("tuple_type", "list_type"):
+            lines.append(f"{where} must be a list, e.g. {where.split('.')[-1]} = [...]; "
+                         f"got {item['input']!r}")
+        elif kind in ("model_type", "dict_type"):
+            lines.append(f"[{where}] must be a table (a TOML section), got {item['input']!r}")
+        elif kind == "value_error":
+            lines.append(message)
+        else:
+            lines.append(f"{where}: {message[:1].lower()}{message[1:]}, got {item['input']!r}")
+    return "; ".join(lines)
+
+
+def _unknown_keys(model: type[BaseModel], values: Mapping[str, Any], where: str = "") -> None:
+    """ConfigError for a key no section has, naming the nearest and every allowed key."""
+    fields = list(model.model_fields)
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if key not in fields:
+            section = f"[{where}]" if where else "the top level"
+            raise ConfigError(f"unknown key {path!r}{did_you_mean(key, fields)}; {section} "
+                              f"allows: {', '.join(fields)}")
+        annotation = model.model_fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+                and isinstance(value, Mapping):
+            _unknown_keys(annotation, value, path)
+
+
+def _tuples(value: Any) -> Any:
+    """TOML arrays as tuples: every list-valued setting is a tuple, so settings are hashable."""
+    if isinstance(value, Mapping):
+        return {key: _tuples(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``, table by table (a TOML file over a preset)."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse(model: type[S], values: Mapping[str, Any]) -> S:
+    """Settings of type ``model`` from TOML-like values, or a ConfigError that says what to fix."""
+    _unknown_keys(model, values)
+    try:
+        return model.model_validate(_tuples(values))
+    except ValidationError as error:
+        raise ConfigError(_format(error)) from None
+
+
+def read_toml(path: Path | str) -> dict[str, Any]:
+    """The tables of a TOML file, or a ConfigError that names the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory; pass a TOML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text; pass a TOML file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+
+
+def load(model: type[S], path: Path | str | None = None,
+         preset: Mapping[str, Any] | None = None,
+         overrides: Mapping[str, Any] | None = None) -> S:
+    """``preset``, then the TOML file at ``path``, then ``overrides`` (command-line options)."""
+    values = merge(preset or {}, read_toml(path) if path is not None else {})
+    values = merge(values, overrides or {})
+    try:
+        return parse(model, values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}" if path is not None else str(error)) from None
