@@ -1,4 +1,7 @@
-"""Grad-CAM and Guided Grad-CAM equal Captum's and the CAM formula, and leave the model alone."""
+"""Grad-CAM and Guided Grad-CAM equal Captum's and the CAM formula.
+
+The contract all methods share (shapes, model left alone, errors) is in test_method_contract.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Setting backward hooks:UserWarn
               pytest.mark.filterwarnings("ignore:Input Tensor 0 did not:UserWarning")]
 
 
-
 @pytest.fixture(scope="module")
 def digits(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist_test.images[:4].clone(), mnist_test.labels[:4].clone()
@@ -42,16 +44,12 @@ def layer_output_size(model: nn.Module, layer: str, x: torch.Tensor) -> tuple[in
 
 
 @pytest.mark.parametrize("name", list(ZOO))
-def test_every_method_runs_on_every_zoo_model(name, digits):
+def test_layer_gradcam_has_the_layer_size_on_every_zoo_model(name, digits):
+    """The raw, not upsampled map is no registered method, so test_method_contract skips it."""
     x, labels = digits
     x, labels = x[:2], labels[:2]
     model = zoo_model(name)
     before = state(model)
-    for fn in (gradcam, guided_gradcam):
-        maps = fn(model, x, labels)
-        assert maps.shape == x.shape
-        assert maps.dtype == torch.float32
-        assert torch.isfinite(maps).all()
     raw = layer_gradcam(model, x, labels, relu=False)
     assert raw.shape == (2, 1, *layer_output_size(model, model.gradcam_layer, x))
     assert torch.isfinite(raw).all() and raw.abs().sum() > 0
@@ -120,20 +118,13 @@ def test_mc_dropout_gradcam_explains_the_same_stochastic_forward(digits):
     torch.manual_seed(3)
     theirs = LayerGradCam(model, model.features.pool2).attribute(x, labels)
     assert_same(ours, theirs)
-    assert torch.isfinite(guided_gradcam(model, x, labels)).all()
     assert_untouched(model, before)
 
 
-def test_model_state_survives_calls_and_errors(digits):
+def test_a_layer_that_is_not_feature_maps_is_refused_and_the_model_kept(digits):
     x, labels = digits
-    torch.manual_seed(0)
-    model = build("resnet18", width=8).eval()
-    model.features.stem.conv.weight.requires_grad_(False)
+    model = zoo_model("resnet18")
     before = state(model)
-    with torch.no_grad():
-        assert gradcam(model, x, labels).abs().sum() > 0
-        assert guided_gradcam(model, x, labels).abs().sum() > 0
-    assert_untouched(model, before)
     with pytest.raises(ConfigError, match="feature maps"):
         gradcam(model, x, labels, layer="head.fc")  # logits are not feature maps
     assert_untouched(model, before)
@@ -144,13 +135,13 @@ def test_bad_inputs_raise_trustmap_errors(digits):
     model = zoo_model("lenet")
     nan = x.clone()
     nan[1, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError):
+        layer_gradcam(model, nan, labels)
+    with pytest.raises(DataError):
+        layer_gradcam(model, x[0], 1)
+    with pytest.raises(DataError):
+        layer_gradcam(model, x, 10)
     for fn in (gradcam, guided_gradcam, layer_gradcam):
-        with pytest.raises(DataError):
-            fn(model, nan, labels)
-        with pytest.raises(DataError):
-            fn(model, x[0], 1)
-        with pytest.raises(DataError):
-            fn(model, x, 10)
         with pytest.raises(ConfigError, match="did you mean"):
             fn(model, x, labels, layer="features.pool3")
     for fn in (gradcam, guided_gradcam):

@@ -1,4 +1,7 @@
-"""Gradient-family attributions equal Captum's, explicit formulas, and leave the model alone."""
+"""Gradient-family attributions equal Captum's and explicit formulas.
+
+The contract all methods share (shapes, model left alone, errors) is in test_method_contract.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ from captum.attr import (
     Saliency,
 )
 from explain_support import (
-    ZOO,
     assert_same,
     assert_untouched,
     hooked_modules,
@@ -23,44 +25,16 @@ from explain_support import (
 )
 from torch import nn
 
-from trustmap.errors import ConfigError, DataError, TrustmapError
+from trustmap.errors import ConfigError, DataError
 from trustmap.explain import gradient as G
-from trustmap.models import build
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Setting backward hooks:UserWarning"),
               pytest.mark.filterwarnings("ignore:Input Tensor 0 did not:UserWarning")]
-
-METHODS = {
-    "gradient": (G.gradient, {}),
-    "gradient_x_input": (G.gradient_x_input, {}),
-    "integrated_gradients": (G.integrated_gradients, {"steps": 4}),
-    "smoothgrad": (G.smoothgrad, {"samples": 3}),
-    "vargrad": (G.vargrad, {"samples": 3}),
-    "guided_backprop": (G.guided_backprop, {}),
-    "deconvnet": (G.deconvnet, {}),
-}
 
 
 @pytest.fixture(scope="module")
 def digits(mnist_test) -> tuple[torch.Tensor, torch.Tensor]:
     return mnist_test.images[:3].clone(), mnist_test.labels[:3].clone()
-
-
-
-
-@pytest.mark.parametrize("name", list(ZOO))
-def test_every_method_runs_on_every_zoo_model(name, digits):
-    x, labels = digits
-    model = zoo_model(name)
-    before = state(model)
-    for method, (fn, options) in METHODS.items():
-        maps = fn(model, x, labels, **options)
-        assert maps.shape == x.shape, method
-        assert maps.dtype == torch.float32, method
-        assert not maps.requires_grad, method
-        assert torch.isfinite(maps).all(), method
-        assert maps.abs().sum() > 0, method
-    assert_untouched(model, before)
 
 
 @pytest.mark.parametrize("name", ["lenet", "resnet18", "cnn1000"])
@@ -208,49 +182,12 @@ def test_methods_explain_the_stochastic_forward_of_mc_dropout(digits):
     assert_same(guided, GuidedBackprop(model).attribute(x, labels))
     # Two draws differ: the dropout layers really sampled.
     assert not torch.equal(G.gradient(model, x, labels), G.gradient(model, x, labels))
-    for method, (fn, options) in METHODS.items():
-        assert torch.isfinite(fn(model, x, labels, **options)).all(), method
     assert_untouched(model, before)
 
 
-def test_model_state_survives_every_method_and_errors(digits):
-    x, labels = digits
-    torch.manual_seed(0)
-    model = build("resnet18", width=8).eval()
-    model.features.stem.conv.weight.requires_grad_(False)  # a mixed set of flags to restore
-    before = state(model)
-    with torch.no_grad():  # the methods need gradients even inside a no_grad block
-        for fn, options in METHODS.values():
-            assert fn(model, x, labels, **options).abs().sum() > 0
-    assert_untouched(model, before)
-
-    def broken(module, args, output):
-        raise RuntimeError("boom")
-
-    model.features.stage2.register_forward_hook(broken)
-    for fn, options in METHODS.values():
-        with pytest.raises(RuntimeError, match="boom"):
-            fn(model, x, labels, **options)
-    model.features.stage2._forward_hooks.clear()
-    assert_untouched(model, before)
-
-
-def test_bad_inputs_raise_trustmap_errors(digits):
+def test_bad_options_and_baselines_are_refused(digits):
     x, labels = digits
     model = zoo_model("lenet")
-    nan = x.clone()
-    nan[0, 0, 3, 3] = float("nan")
-    for fn, options in METHODS.values():
-        with pytest.raises(DataError):
-            fn(model, nan, labels, **options)
-        with pytest.raises(DataError):
-            fn(model, x[0], labels[0].item(), **options)  # no batch axis
-        with pytest.raises(TrustmapError):
-            fn(model, x[..., :20, :20].contiguous(), labels, **options)  # not 28x28
-        with pytest.raises(DataError):
-            fn(model, x, 10, **options)
-        with pytest.raises(DataError):
-            fn(model, x, labels[:2], **options)
     ig = G.integrated_gradients
     for bad in ({"steps": 0}, {"steps": 1.5}, {"method": "simpson"}, {"chunk_size": 0},
                 {"steps": 1, "method": "riemann_trapezoid"}, {"baseline": "zero"}):

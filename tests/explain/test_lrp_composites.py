@@ -11,8 +11,6 @@ from trustmap.explain.composites import COMPOSITES, METHODS, Composite, input_bo
 from trustmap.explain.lrp import Epsilon, Flat, Gamma, forward_order, propagate
 from trustmap.models import build
 
-ZOO = ["lenet", "lenet5", "cnn", "cnn1000", "alexnet", "resnet18", "resnet34"]
-
 
 def zoo_model(name: str, **kwargs: object) -> nn.Module:
     torch.manual_seed(0)
@@ -113,21 +111,15 @@ def test_epsilon_absorbs_relevance_of_biased_models(digits) -> None:
     assert large.abs().sum() < small.abs().sum()
 
 
-@pytest.mark.parametrize("model_name", ZOO)
-def test_every_method_runs_on_every_model(model_name, digits) -> None:
+@pytest.mark.parametrize("model_name", ["lenet", "cnn", "resnet18"])
+def test_composites_are_not_aliases_of_one_rule_set(model_name, digits) -> None:
+    """Distinct names give distinct maps. (test_method_contract runs every method on every
+    model; this checks the names are not aliases.)"""
     model = zoo_model(model_name)
-    before = snapshot(model)
-    results = {}
-    for name, method in METHODS.items():
-        relevance = method(model, digits[:2], torch.tensor([1, 2]))
-        assert relevance.shape == digits[:2].shape and relevance.dtype == torch.float32
-        assert bool(torch.isfinite(relevance).all()), name
-        assert relevance.abs().sum() > 0, name
-        results[name] = relevance
-    assert_unchanged(model, before)
-    # Different composites give different maps (the names are not aliases of one rule set)
-    assert not torch.allclose(results["lrp-epsilon"], results["lrp-epsilon-plus"])
-    assert not torch.allclose(results["lrp-epsilon-plus"], results["lrp-epsilon-plus-flat"])
+    maps = {name: METHODS[name](model, digits[:2], torch.tensor([1, 2]))
+            for name in ("lrp-epsilon", "lrp-epsilon-plus", "lrp-epsilon-plus-flat")}
+    assert not torch.allclose(maps["lrp-epsilon"], maps["lrp-epsilon-plus"])
+    assert not torch.allclose(maps["lrp-epsilon-plus"], maps["lrp-epsilon-plus-flat"])
 
 
 def test_model_is_restored_after_an_exception(digits) -> None:
