@@ -134,3 +134,36 @@ def test_predict_kinds_equals_each_predictive_alone(x) -> None:
     assert list(only_single) == ["single"] and only_single["single"].sample_logits.shape[0] == 1
     with pytest.raises(ConfigError, match="ensemble-mc"):
         predict_kinds(["bayes"], members, x)
+
+
+@pytest.mark.parametrize(("name", "shape"), [
+    ("lenet", (1, 28, 28)), ("cnn", (1, 28, 28)), ("cnn1000", (1, 28, 28)),
+    ("alexnet", (1, 28, 28)), ("resnet18", (3, 28, 28)), ("rnn-deep", (1, 28, 84)),
+    ("lstm", (1, 28, 84))])
+def test_mc_dropout_runs_the_layers_before_dropout_once(name: str,
+                                                        shape: tuple[int, ...]) -> None:
+    """Sharing what comes before the first dropout draws the same masks (same order, same
+    memory layout) and gives the same logits up to the float rounding of those layers on
+    another batch size, for every zoo model with dropout."""
+    torch.manual_seed(0)
+    model = build(name, shape[0], 10, dropout=0.3)
+    x = torch.rand(7, *shape, generator=torch.Generator().manual_seed(1))
+    predictive = MCDropout(model, samples=4, seed=5, batch_size=12)  # chunks of 3 inputs
+    rows: list[int] = []
+    first = next(m for m in model.modules()
+                 if isinstance(m, nn.Conv2d | nn.Linear | nn.LSTM | nn.ReLU))
+    handle = first.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    shared = predictive.sample_logits(x)  # rnn-deep drops inside its cell: run T times
+    handle.remove()
+    plain = predictive._passes(x, shared=False)
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-6)
+    if name in ("lenet", "cnn", "alexnet", "resnet18"):  # their first layer is before dropout
+        assert sum(rows) == len(x)  # it saw every input once, not once per pass
+
+
+def test_mc_dropout_on_the_default_run_model_is_bit_identical() -> None:
+    """The default run's lenet at the default batch: the shared trunk changes no bit."""
+    torch.manual_seed(0)
+    predictive = MCDropout(build("lenet", 1, 10, dropout=0.25), samples=10, seed=2)
+    x = torch.rand(250, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(predictive.sample_logits(x), predictive._passes(x, shared=False))

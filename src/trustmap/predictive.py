@@ -8,7 +8,8 @@ models (S = M x T, one mixture) all feed the same measures.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -140,7 +141,8 @@ class MCDropout(Predictive):
     """T stochastic passes with dropout on and everything else (e.g. BatchNorm) in eval mode.
 
     The T passes of a chunk run as one batch of T x n inputs, each row getting its own
-    dropout mask. Sampling is seeded and leaves the global RNG state untouched.
+    dropout mask; the layers before the first dropout, which every pass would compute alike,
+    run once per input. Sampling is seeded and leaves the global RNG state untouched.
     """
 
     def __init__(self, model: nn.Module, samples: int = 20, seed: int = 0,
@@ -165,24 +167,69 @@ class MCDropout(Predictive):
     @torch.no_grad()
     def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
+        try:
+            return self._passes(x, shared=True)
+        except RuntimeError:
+            # A tensor from before the first dropout meets one from after it (a skip across
+            # the dropout): run every layer T times instead, from the same seed.
+            return self._passes(x, shared=False)
+
+    def _passes(self, x: torch.Tensor, shared: bool) -> torch.Tensor:
+        """T passes of every chunk of ``x``; with ``shared``, what comes before the first
+        dropout runs once per input and its output is repeated T times there (a pre-hook), so
+        only the layers that dropout makes random run T times. Both draw the same masks; the
+        logits agree up to the rounding of the shared layers on a smaller batch (bit for bit
+        for the default run's lenet, tested)."""
         device = next(self.model.parameters()).device
         chunk = max(1, self.batch_size // self.samples)
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), channels_last(self.model), \
+                self._repeat_before_first_dropout(shared) as repeat:
             torch.manual_seed(self.seed)
             for module in self.dropouts:
                 module.train()
             try:
                 parts = []
-                with channels_last(self.model):
-                    for part in x.split(chunk):
-                        repeated = part.to(device).repeat(self.samples, 1, 1, 1)
-                        logits = self.model(to_channels_last(repeated)).float().cpu()
-                        parts.append(logits.view(self.samples, len(part), -1))
+                for part in x.split(chunk):
+                    part = part.to(device)
+                    repeat.rows = len(part)
+                    batch = part if shared else part.repeat(self.samples, 1, 1, 1)
+                    logits = self.model(to_channels_last(batch)).float().cpu()
+                    parts.append(logits.view(self.samples, len(part), -1))
             finally:
                 for module in self.dropouts:
                     module.eval()
         return torch.cat(parts, dim=1)
+
+    @contextmanager
+    def _repeat_before_first_dropout(self, active: bool) -> Iterator[_Repeat]:
+        repeat = _Repeat(self.samples)
+        handles = [m.register_forward_pre_hook(repeat) for m in self.dropouts] if active else []
+        try:
+            yield repeat
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+class _Repeat:
+    """A dropout pre-hook: the first dropout a forward pass reaches gets its input repeated T
+    times (rows still number ``rows``); later ones already see T x rows and are left alone."""
+
+    def __init__(self, samples: int) -> None:
+        self.samples = samples
+        self.rows = 0
+
+    def __call__(self, module: nn.Module, args: tuple[torch.Tensor, ...]
+                 ) -> tuple[torch.Tensor, ...] | None:
+        (features,) = args
+        if len(features) != self.rows or self.samples == 1:
+            return None
+        repeated = features.repeat(self.samples, *[1] * (features.ndim - 1))
+        if features.ndim == 4 and features.is_contiguous(memory_format=torch.channels_last):
+            # a dropout mask is drawn in memory order: keep the layout the T passes would have
+            repeated = repeated.contiguous(memory_format=torch.channels_last)
+        return (repeated,)
 
 
 class EnsembleMC(Predictive):

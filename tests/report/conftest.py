@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from trustmap.report.html import write_report
 from trustmap.report.results import ExplanationResults, RunResults
+from trustmap.studies.run_page import write_report
 
 
 @pytest.fixture(autouse=True)

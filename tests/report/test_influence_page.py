@@ -16,9 +16,9 @@ from report_pages import Page, assert_a_failing_figure_keeps_the_earlier_page, f
 
 from trustmap.errors import DataError
 from trustmap.report import influence_figures
-from trustmap.report.influence import certainty, write_influence_report
 from trustmap.report.plot import limit as shared_limit
 from trustmap.report.results import InfluenceResults
+from trustmap.studies.influence_page import certainty, write_influence_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["zero", "one", "two"]

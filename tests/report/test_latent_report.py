@@ -13,9 +13,10 @@ from report_pages import Page, assert_a_failing_figure_keeps_the_earlier_page, f
 
 from trustmap.errors import DataError, TrustmapError
 from trustmap.report import latent_figures
-from trustmap.report.html import write_report
-from trustmap.report.latent import write_latent_report
+from trustmap.report import page as engine
 from trustmap.report.results import LatentResults, RunResults
+from trustmap.studies.latent_page import write_latent_report
+from trustmap.studies.run_page import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = [str(k) for k in range(10)]
@@ -208,6 +209,7 @@ def test_each_figure_gets_its_own_architectures_data(latent_results: LatentResul
 
     for name, function in drawn.items():
         monkeypatch.setattr(latent_figures, function.__name__, recording(name))
+    monkeypatch.setattr(engine, "DRAWING_PROCESSES", 1)  # the calls are recorded in this process
     write_latent_report(latent_results, tmp_path)
     for (args, kwargs), architecture in zip(calls["maps"], SCORED, strict=True):
         maps, predictives = args[0], args[1]

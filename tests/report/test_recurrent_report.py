@@ -13,9 +13,9 @@ from report_pages import Page, assert_a_failing_figure_keeps_the_earlier_page, f
 
 from trustmap.errors import TrustmapError
 from trustmap.report import recurrent_figures
-from trustmap.report.html import write_report
-from trustmap.report.recurrent import write_recurrent_report
 from trustmap.report.results import RecurrentResults, RunResults
+from trustmap.studies.recurrent_page import write_recurrent_report
+from trustmap.studies.run_page import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ARCHITECTURES = ["rnn-shallow", "lstm"]

@@ -12,8 +12,9 @@ from sklearn.metrics import roc_auc_score
 
 from trustmap.errors import TrustmapError
 from trustmap.report import figures
-from trustmap.report.html import write_report
+from trustmap.report import page as engine
 from trustmap.report.results import RunResults
+from trustmap.studies.run_page import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -227,3 +228,32 @@ def test_a_run_without_explanations_says_so(results: RunResults, tmp_path: Path)
     results.ood = results.ood[results.ood["measure"] != "gradcam_rank_disagreement"]
     text = write_report(results, tmp_path).read_text("utf-8")
     assert "This run computed no explanations." in text
+
+
+def _line(value: float):
+    def draw():
+        figure = plt.figure(figsize=(2, 2))
+        figure.add_subplot().plot([0, 1], [0, value])
+        return figure
+    return draw
+
+
+def test_figures_drawn_in_forked_processes_equal_those_drawn_here(tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    jobs = [engine.Job(f"line-{v}", "", _line(v)) for v in (1.0, 2.0, 3.0)]
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir(), there.mkdir()
+    monkeypatch.setattr(engine, "DRAWING_PROCESSES", 2)
+    engine.draw_all(jobs, [there / f"{job.name}.png" for job in jobs])
+    monkeypatch.setattr(engine, "DRAWING_PROCESSES", 1)
+    engine.draw_all(jobs, [here / f"{job.name}.png" for job in jobs])
+    for job in jobs:
+        assert (there / f"{job.name}.png").read_bytes() == (here / f"{job.name}.png").read_bytes()
+
+
+def test_a_figure_failing_in_a_forked_process_fails_the_page(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "DRAWING_PROCESSES", 2)
+    jobs = [engine.Job("fine", "", _line(1.0)), engine.Job("broken", "", lambda: 1 / 0)]
+    with pytest.raises(ZeroDivisionError):
+        engine.draw_all(jobs, [tmp_path / "fine.png", tmp_path / "broken.png"])
+    assert not (tmp_path / "broken.png").exists()

@@ -21,6 +21,8 @@ from trustmap.studies.registry import load_settings, run_study
 from trustmap.training import forward_in_batches, load_ensemble
 from trustmap.uncertainty import entropy
 
+pytestmark = pytest.mark.slow  # trains and runs the whole study end to end
+
 TINY = {"architecture": "lenet5", "members": 2, "epochs": 1, "images": 64, "curve_taus": 5}
 STEPS = ["prediction", "projection", "influence", "members", "performance",
          "uncertainty", "curves"]

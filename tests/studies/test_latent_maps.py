@@ -12,6 +12,8 @@ from trustmap.cli import app
 from trustmap.errors import ConfigError
 from trustmap.studies.registry import load_settings, run_study
 
+pytestmark = pytest.mark.slow  # trains and runs the whole study end to end
+
 TINY = ["--architectures", "lenet5,cnn", "--members", "2", "--epochs", "1", "--vae-epochs", "1",
         "--resolution", "6", "--pairs", "12", "--mc-samples", "2", "--quiet"]
 

@@ -12,6 +12,8 @@ from trustmap.cli import app
 from trustmap.errors import ConfigError
 from trustmap.studies.registry import load_settings, run_study
 
+pytestmark = pytest.mark.slow  # trains and runs the whole study end to end
+
 ARCHITECTURES = "rnn-shallow,lstm"
 METHODS = "sensitivity,lrp-deep-taylor"
 TINY = ["--architectures", ARCHITECTURES, "--methods", METHODS, "--epochs", "1", "--n", "24",

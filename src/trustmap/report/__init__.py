@@ -1,1 +1,2 @@
-"""Figures and reports: the last layer, which only draws and writes what others computed."""
+"""The page engine (``page``), the plotting helpers (``plot``), the figures and the results types
+pages read; each study's page lives with its study (``trustmap.studies.*_page``)."""

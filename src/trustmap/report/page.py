@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import numbers
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 
 from trustmap.atomic import write_atomic
@@ -134,9 +137,10 @@ def write_page(page: Path, template: str, header: Mapping[str, Any], default_tit
     try:
         sections = plan()
         jobs = [(section, job) for section in sections for job in section.jobs]
-        for number, (section, job) in enumerate(jobs, start=1):
-            filename = f"{prefix}{number:02d}-{_slug(job.name)}.png"
-            save_figure(job.draw(), staging / filename)
+        names = [f"{prefix}{number:02d}-{_slug(job.name)}.png"
+                 for number, (_, job) in enumerate(jobs, start=1)]
+        draw_all([job for _, job in jobs], [staging / name for name in names])
+        for (section, job), filename in zip(jobs, names, strict=True):
             section.drawn.append(FigureRef(f"{FIGURES_DIR}/{filename}", job.caption, job.group))
         title, items = page_header(header, default_title)
         text = render(template, title=title, header=items, sections=sections, **context)
@@ -156,6 +160,42 @@ def write_page(page: Path, template: str, header: Mapping[str, Any], default_tit
         if own.fullmatch(stale.name) and stale.name not in written:
             stale.unlink()
     return page
+
+
+DRAWING_PROCESSES = min(2, os.cpu_count() or 1)
+"""Figures are independent: this many forked processes draw them (1: in this process)."""
+_PENDING: list[tuple[Job, Path]] = []
+
+
+def draw_all(jobs: Sequence[Job], paths: Sequence[Path]) -> None:
+    """Draw and save every job, in ``DRAWING_PROCESSES`` forked processes where there are several.
+
+    A forked child sees the parent's results without copying them; it draws with one torch
+    thread (as DataLoader workers do), since a thread pool does not survive a fork. An error in
+    any figure is raised here, after which nothing of the page is kept.
+    """
+    processes = min(DRAWING_PROCESSES, len(jobs))
+    if processes < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        for job, path in zip(jobs, paths, strict=True):
+            save_figure(job.draw(), path)
+        return
+    _PENDING[:] = list(zip(jobs, paths, strict=True))
+    try:
+        with ProcessPoolExecutor(processes, multiprocessing.get_context("fork"),
+                                 initializer=_one_thread) as pool:
+            for _ in pool.map(_draw_pending, range(len(jobs))):
+                pass
+    finally:
+        _PENDING.clear()
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _draw_pending(index: int) -> None:
+    job, path = _PENDING[index]
+    save_figure(job.draw(), path)
 
 
 def render(template: str, **context: Any) -> str:

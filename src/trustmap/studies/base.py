@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from torch import nn
 
 from trustmap.atomic import write_atomic
 from trustmap.data import Dataset, load
+from trustmap.predictive import Prediction, predict_kinds
 from trustmap.studies.settings import ModelSettings, RunSettings, Section, torch_device
 from trustmap.training import EnsembleRun, FitResult, RunSpec, TrainConfig, fit_ensemble, fit_vae
 
@@ -46,22 +47,38 @@ class TensorCache:
     def __init__(self, directory: Path, scope: str) -> None:
         self.directory = directory
         self.scope = scope
-        self.hits = 0
+        self.hits = 0  # tensors found from an earlier command, not those this one stored
+        self._stored: set[Path] = set()
+
+    def _path(self, key: dict[str, Any]) -> Path:
+        text = json.dumps({"scope": self.scope, **key}, sort_keys=True, default=str)
+        return self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
+
+    def load(self, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+        """The tensors stored under ``key``, or None (a damaged file counts as none)."""
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError):
+            path.unlink(missing_ok=True)
+            return None
+        self.hits += path not in self._stored
+        return tensors
+
+    def store(self, key: dict[str, Any], tensors: dict[str, torch.Tensor]
+              ) -> dict[str, torch.Tensor]:
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        path = write_atomic(self._path(key), lambda tmp: save_file(tensors, str(tmp)))
+        self._stored.add(path)
+        return tensors
 
     def get(self, key: dict[str, Any], compute: Callable[[], dict[str, torch.Tensor]]
             ) -> dict[str, torch.Tensor]:
-        text = json.dumps({"scope": self.scope, **key}, sort_keys=True, default=str)
-        path = self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
-        if path.is_file():
-            try:
-                tensors = load_file(str(path))
-                self.hits += 1
-                return tensors
-            except (OSError, SafetensorError):
-                path.unlink(missing_ok=True)  # damaged: compute again
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in compute().items()}
-        write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
-        return tensors
+        """The tensors under ``key``, computed and stored first if they are not there."""
+        found = self.load(key)
+        return found if found is not None else self.store(key, compute())
 
 
 def ensemble_spec(model: ModelSettings, seed: int, name: str | None = None,
@@ -93,7 +110,7 @@ class RunContext:
         self.device = torch_device(self.settings.device)
         self.seed = self.settings.seed
         self._ensembles: dict[Path, EnsembleRun] = {}
-        self._caches: list[TensorCache] = []
+        self._caches: dict[str, TensorCache] = {}
 
     def section(self, name: str) -> Section:
         """The settings table of the study ``name``."""
@@ -118,13 +135,40 @@ class RunContext:
 
     def cache(self, ensemble: EnsembleRun) -> TensorCache:
         """The tensor cache of results computed from ``ensemble``'s checkpoints."""
-        cache = TensorCache(self.out / "cache", ensemble.directory.name)
-        self._caches.append(cache)
-        return cache
+        scope = ensemble.directory.name
+        if scope not in self._caches:
+            self._caches[scope] = TensorCache(self.out / "cache", scope)
+        return self._caches[scope]
 
     @property
     def cache_hits(self) -> int:
-        return sum(cache.hits for cache in self._caches)
+        return sum(cache.hits for cache in self._caches.values())
+
+    def predict(self, ensemble: EnsembleRun, dataset: Dataset,
+                kinds: Sequence[str] | None = None) -> dict[str, Prediction]:
+        """Every predictive's sample logits on ``dataset`` (default: the run's predictives that
+        the members support), each kept in the cache on its own, so any study that asks for a
+        predictive on the same data reads the same passes instead of running them again."""
+        settings = self.settings.predictives
+        if kinds is None:
+            dropout = any(isinstance(m, nn.Dropout) for m in ensemble.members[0].modules())
+            kinds = [k for k in settings.kinds if dropout or k in ("single", "ensemble")]
+        cache = self.cache(ensemble)
+
+        def key(kind: str) -> dict[str, Any]:
+            return {"set": dataset.name, "split": dataset.split, "n": len(dataset),
+                    "provenance": dataset.provenance, "kind": kind,
+                    "mc_samples": settings.mc_samples, "seed": self.seed,
+                    "checksum": float(dataset.images.double().sum())}
+
+        found = {kind: cache.load(key(kind)) for kind in kinds}
+        missing = [kind for kind, tensors in found.items() if tensors is None]
+        if missing:
+            made = predict_kinds(missing, ensemble.members, dataset.images,
+                                 settings.mc_samples, self.seed)
+            for kind in missing:
+                found[kind] = cache.store(key(kind), {"logits": made[kind].sample_logits})
+        return {kind: Prediction(found[kind]["logits"]) for kind in kinds}
 
     def test_set(self, name: str) -> Dataset:
         """The test split of ``name``, cut to its first ``[data] max_per_set`` images."""

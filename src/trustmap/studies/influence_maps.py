@@ -28,10 +28,9 @@ from trustmap.atomic import write_atomic
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.explain import influence
-from trustmap.predictive import Ensemble
-from trustmap.report.influence import write_influence_report
 from trustmap.report.results import InfluenceResults
 from trustmap.studies.base import RunContext, ensemble_spec
+from trustmap.studies.influence_page import write_influence_report
 from trustmap.studies.settings import Section, allowed, image_classifiers
 from trustmap.training import RunSpec, TrainConfig, write_json
 from trustmap.uncertainty import MEASURES
@@ -133,7 +132,7 @@ class InfluenceStudy:
         spec = ensemble_spec(ctx.settings.model, ctx.seed) if not settings.architecture else \
             RunSpec(model=settings.architecture, members=settings.members, seed=ctx.seed,
                     train=TrainConfig(epochs=settings.epochs))
-        models = ctx.ensemble(spec, train).members
+        ensemble = ctx.ensemble(spec, train)
         timings: list[dict[str, Any]] = []
 
         def step(name: str) -> Any:
@@ -142,7 +141,7 @@ class InfluenceStudy:
 
         images, labels = test.images.to(ctx.device), test.labels.to(ctx.device)
         with step("prediction"):
-            prediction = Ensemble(models).predict(test.images)
+            prediction = ctx.predict(ensemble, test, ["ensemble"])["ensemble"]  # the run's
             probabilities = prediction.mean_probs.to(ctx.device)
         ctx.log(f"influence maps: every pixel of {len(test)} {data} test images projected")
         with step("projection"):

@@ -29,12 +29,12 @@ from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.evaluate import latent
 from trustmap.predictive import Predictive, make_predictive
-from trustmap.report.latent import write_latent_report
 from trustmap.report.results import MIDPOINT_COLUMNS, LatentResults
 from trustmap.studies.base import RunContext, ensemble_spec
+from trustmap.studies.latent_page import write_latent_report
 from trustmap.studies.settings import Section, allowed, image_classifiers
-from trustmap.training import RunSpec, TrainConfig, write_json
-from trustmap.uncertainty import MEASURES
+from trustmap.training import EnsembleRun, RunSpec, TrainConfig, write_json
+from trustmap.uncertainty import MEASURES, compute
 
 MODEL_OPTIONS: dict[str, dict[str, Any]] = {"resnet34": {"width": 16}}
 """A ResNet-34 a quarter as wide as ImageNet's: the study has to train five on a CPU."""
@@ -86,16 +86,16 @@ def predictives_of(models: list[nn.Module], kinds: tuple[str, ...], samples: int
 
 
 def _ensembles(ctx: RunContext, settings: LatentSettings, train: Dataset
-               ) -> dict[str, list[nn.Module]]:
+               ) -> dict[str, EnsembleRun]:
     if not settings.architectures:
         spec = ensemble_spec(ctx.settings.model, ctx.seed)
-        return {spec.model: ctx.ensemble(spec, train).members}
+        return {spec.model: ctx.ensemble(spec, train)}
     ensembles = {}
     for architecture in settings.architectures:
         spec = RunSpec(model=architecture, members=settings.members, seed=ctx.seed,
                        train=TrainConfig(epochs=settings.epochs),
                        model_kwargs=dict(MODEL_OPTIONS.get(architecture, {})))
-        ensembles[architecture] = ctx.ensemble(spec, train).members
+        ensembles[architecture] = ctx.ensemble(spec, train)
     return ensembles
 
 
@@ -198,15 +198,15 @@ class LatentStudy:
                 {}, {}, {}, [], [], {}, {}
             kinds_seen: list[str] = []
             measures = list(settings.measures)
-            for architecture, models in ensembles.items():
+            for architecture, ensemble in ensembles.items():
                 ctx.log(f"scoring the {settings.resolution}x{settings.resolution} latent grid "
                         f"under {architecture}")
-                predictives = predictives_of(models, ctx.settings.predictives.kinds,
+                predictives = predictives_of(ensemble.members, ctx.settings.predictives.kinds,
                                              ctx.settings.predictives.mc_samples, ctx.seed)
                 kinds_seen += [k for k in predictives if k not in kinds_seen]
-                on_test = latent.score_images(test.images, predictives, [THRESHOLD_MEASURE])
-                thresholds = {kind: float(on_test.scores[kind][THRESHOLD_MEASURE].median())
-                              for kind in predictives}
+                on_test = ctx.predict(ensemble, test, list(predictives))  # the run's, if run
+                thresholds = {kind: float(compute(on_test[kind], [THRESHOLD_MEASURE])
+                                          [THRESHOLD_MEASURE].median()) for kind in predictives}
                 grid_scores = score_grid(architecture, plane, predictives, measures, thresholds)
                 maps.update({(architecture, *key): value
                              for key, value in grid_scores.maps.items()})

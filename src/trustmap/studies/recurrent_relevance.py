@@ -33,9 +33,9 @@ from trustmap.evaluate.localisation import column_shares, region_share, strip_re
 from trustmap.explain.lrp_recurrent import METHODS, relevance
 from trustmap.models import names as model_names
 from trustmap.models.recurrent import ARCHITECTURES, STEP_WIDTH
-from trustmap.report.recurrent import write_recurrent_report
 from trustmap.report.results import RecurrentResults
 from trustmap.studies.base import Log, RunContext
+from trustmap.studies.recurrent_page import write_recurrent_report
 from trustmap.studies.settings import Section, allowed
 from trustmap.training import RunSpec, TrainConfig, forward_in_batches, write_json
 

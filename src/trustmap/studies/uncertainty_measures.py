@@ -40,11 +40,11 @@ from trustmap.evaluate.calibration import (
 )
 from trustmap.evaluate.ood import detection_metrics, misclassification_metrics
 from trustmap.explain import disagreement
-from trustmap.predictive import Prediction, predict_kinds
-from trustmap.report.html import write_report
+from trustmap.predictive import Prediction
 from trustmap.report.results import InfluenceResults, RunResults, SetId
 from trustmap.studies.base import Log, RunContext, TensorCache, ensemble_spec
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
+from trustmap.studies.run_page import write_report
 from trustmap.training import EnsembleRun, split_validation, write_json
 from trustmap.uncertainty import MEASURES, compute
 
@@ -110,22 +110,6 @@ def _adversarial_sets(ctx: RunContext, members: list[nn.Module], clean: Dataset,
     return sets, made_sets
 
 
-def predict(ctx: RunContext, cache: TensorCache, members: list[nn.Module], dataset: Dataset
-            ) -> dict[str, Prediction]:
-    """Every predictive's sample logits on ``dataset``, from the cache when it has them."""
-    kinds = list(ctx.settings.predictives.kinds)
-    samples = ctx.settings.predictives.mc_samples
-    key = {"set": dataset.name, "split": dataset.split, "n": len(dataset),
-           "provenance": dataset.provenance, "kinds": kinds, "mc_samples": samples,
-           "seed": ctx.seed, "checksum": float(dataset.images.double().sum())}
-
-    def forward() -> dict[str, torch.Tensor]:
-        made = predict_kinds(kinds, members, dataset.images, samples, ctx.seed)
-        return {kind: prediction.sample_logits for kind, prediction in made.items()}
-
-    return {kind: Prediction(logits) for kind, logits in cache.get(key, forward).items()}
-
-
 def _per_sample(name: str, dataset: Dataset, predictions: dict[str, Prediction],
                 scores: dict[str, dict[str, torch.Tensor]]) -> pd.DataFrame:
     columns: dict[str, Any] = {"dataset": name, "index": np.arange(len(dataset)),
@@ -167,11 +151,10 @@ def _misclassification_table(id_set: Dataset, kinds: list[str], measures: list[s
     return pd.DataFrame(rows)
 
 
-def _calibration(ctx: RunContext, cache: TensorCache, val: Dataset, test: Dataset,
-                 members: list[nn.Module], test_predictions: dict[str, Prediction]
-                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _calibration(ctx: RunContext, ensemble: EnsembleRun, val: Dataset, test: Dataset,
+                 test_predictions: dict[str, Prediction]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Before/after temperature scaling, one temperature per predictive fitted on validation."""
-    val_predictions = predict(ctx, cache, members, val)
+    val_predictions = ctx.predict(ensemble, val, ctx.settings.predictives.kinds)
     rows, bins = [], []
     for kind in ctx.settings.predictives.kinds:
         log_val = val_predictions[kind].mean_probs.clamp_min(1e-30).log()
@@ -242,7 +225,7 @@ class UncertaintyStudy:
         ctx.log(f"scoring {sum(len(d) for d in sets.values())} inputs in {len(sets)} sets "
                 f"under {', '.join(kinds)}")
         with ctx.timed("scoring"):
-            predictions = {name: predict(ctx, cache, members, d) for name, d in sets.items()}
+            predictions = {name: ctx.predict(ensemble, d, kinds) for name, d in sets.items()}
             plain = [m for m in measures if m in MEASURES]
             scores = {name: {kind: compute(p, plain) for kind, p in by_kind.items()}
                       for name, by_kind in predictions.items()}
@@ -261,7 +244,7 @@ class UncertaintyStudy:
         with ctx.timed("calibration"):
             _, val = split_validation(train, settings.model.val_fraction, ctx.seed)
             assert val is not None  # the settings require val_fraction > 0
-            calibration, reliability = _calibration(ctx, cache, val, sets[id_name], members,
+            calibration, reliability = _calibration(ctx, ensemble, val, sets[id_name],
                                                     predictions[id_name])
         with ctx.timed("tables"):
             results = RunResults(

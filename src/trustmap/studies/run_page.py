@@ -14,7 +14,7 @@ import pandas as pd
 
 from trustmap.errors import TrustmapError
 from trustmap.explain.influence import ALPHA
-from trustmap.report import checks, explain_figures, figures, influence, latent
+from trustmap.report import checks, explain_figures, figures
 from trustmap.report.page import Job, Section, build_table, ordered, text, write_page
 from trustmap.report.results import (
     ADVERSARIAL_COLUMNS,
@@ -28,6 +28,7 @@ from trustmap.report.results import (
     SANITY_COLUMNS,
     RunResults,
 )
+from trustmap.studies import influence_page, latent_page
 
 REPORT_NAME = "report.html"
 DEFAULT_PREDICTIVE = "ensemble"
@@ -80,9 +81,9 @@ def _check(results: RunResults) -> None:
         checks.fail(results, f"in_distribution={results.in_distribution!r} has no rows in "
                     "per_sample; name the ID test set as per_sample does")
     if results.latent is not None:
-        latent.check(results.latent)
+        latent_page.check(results.latent)
     if results.influence is not None:
-        influence.check(results.influence)
+        influence_page.check(results.influence)
 
 
 def _sections(results: RunResults, predictive: str) -> list[Section]:
@@ -188,9 +189,9 @@ def _latent(results: RunResults) -> Section:
     section = Section("latent", "Where in latent space is the model unsure?", "Latent map",
                       context={"latent": found})
     if found is not None:
-        section.jobs = latent.map_jobs(found)
+        section.jobs = latent_page.map_jobs(found)
         section.context.update(bound=f"{found.bound:g}",
-                               shares=latent.shares_table(found, "latent-shares"))
+                               shares=latent_page.shares_table(found, "latent-shares"))
     return section
 
 
@@ -200,7 +201,7 @@ def _influence(results: RunResults) -> Section:
     section = Section("influence", "Which pixels move the predictions, the performance and the "
                       "uncertainty?", "Influence", context={"influence": found})
     if found is not None:
-        section.jobs = [job for jobs in influence.map_jobs(found).values() for job in jobs]
+        section.jobs = [job for jobs in influence_page.map_jobs(found).values() for job in jobs]
         section.context.update(images=found.header.get("images", "the"),
                                alpha=found.header.get("alpha", ALPHA))
     return section
