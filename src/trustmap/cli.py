@@ -114,7 +114,8 @@ def redraw(
     nothing (after a trustmap upgrade, or to get back a page that was deleted)."""
     from trustmap.studies.registry import redraw as redraw_page
 
-    console.print(f"report: {redraw_page(directory, log=_log(quiet))}")
+    for page in redraw_page(directory, log=_log(quiet)):
+        console.print(f"report: {page}")
 
 
 def _study(name: str, out: Path | None, default_out: str, config: Path | None,

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import create_model, model_validator
 
 from trustmap import persist
-from trustmap.errors import CheckpointError, ConfigError
+from trustmap.errors import CheckpointError, ConfigError, did_you_mean
 from trustmap.report.results import RunResults
 from trustmap.studies import settings as loader
 from trustmap.studies.base import Log, RunContext, Study, quiet
@@ -68,7 +68,7 @@ def load_settings(study: str | None = None, path: Path | str | None = None,
     """Settings for ``trustmap run`` (``study=None``) or ``trustmap study NAME``: the command's
     preset, then the TOML file, then the command-line options."""
     if study is not None and study not in STUDIES:
-        raise ConfigError(f"unknown study {study!r}{loader.did_you_mean(study, STUDIES)}; "
+        raise ConfigError(f"unknown study {study!r}{did_you_mean(study, STUDIES)}; "
                           f"choose from {', '.join(STUDIES)}")
     preset = run_preset() if study is None else STANDALONE.get(study, {})
     return loader.load(Settings, path, preset, overrides)
@@ -111,17 +111,20 @@ def _draw(name: str, results: Any, ctx: RunContext) -> Path:
         return STUDIES[name].write(results, ctx)
 
 
-def redraw(out: Path, log: Log = quiet) -> Path:
-    """Draw the page of a finished run or study in ``out`` again from its saved results."""
+def redraw(out: Path, log: Log = quiet) -> list[Path]:
+    """Draw every page of a finished run or study in ``out`` again from its saved results."""
     saved = out / RESULTS_DIR
-    found = sorted(path.stem for path in saved.glob("*.json"))
+    found = sorted(path.stem for path in saved.glob("*.json")
+                   if path.stem == "run" or path.stem in STUDIES)
     if not found:
         raise CheckpointError(f"{out} holds no saved results ({saved} is empty or missing); "
                               "run `trustmap run` or `trustmap study NAME` there first")
-    name = found[0]
-    kind = RunResults if name == "run" else STUDIES[name].results_type
-    results = persist.load(kind, saved, name)
-    ctx = RunContext(Settings(), out, str(results.header.get("command", "")), log, False)
-    ctx.timings.extend(results.header.get("seconds", []))
-    log(f"drawing {name} again from {saved}")
-    return _draw("uncertainty" if name == "run" else name, results, ctx)
+    pages = []
+    for name in found:
+        kind = RunResults if name == "run" else STUDIES[name].results_type
+        results = persist.load(kind, saved, name)
+        ctx = RunContext(Settings(), out, str(results.header.get("command", "")), log, False)
+        ctx.timings.extend(results.header.get("seconds", []))
+        log(f"drawing {name} again from {saved}")
+        pages.append(_draw("uncertainty" if name == "run" else name, results, ctx))
+    return pages
