@@ -37,8 +37,9 @@ def assert_a_failing_figure_keeps_the_earlier_page(
 
 
 class Page(HTMLParser):
-    """Images and their alt texts, section ids, nav links, and every table with an id as rows of
-    cell texts, which cells are marked best, and whether the row is greyed."""
+    """Images and their alt texts, section ids, nav links, and every table by its id (its HTML
+    id less the ``table-`` prefix) as rows of cell texts, which cells are marked best, and
+    whether the row is greyed."""
 
     def __init__(self, text: str) -> None:
         super().__init__()
@@ -62,7 +63,7 @@ class Page(HTMLParser):
         elif tag == "a":
             self.links.append(str(found["href"]))
         elif tag == "table" and found.get("id"):
-            self._table = str(found["id"])
+            self._table = str(found["id"]).removeprefix("table-")  # the page's table id
             self.tables[self._table], self.greyed[self._table] = [], []
         elif tag == "tr" and self._table:
             self.tables[self._table].append(([], []))

@@ -24,7 +24,8 @@ def _latent() -> LatentResults:
         near=torch.tensor([True] * 4 + [False] * 5), maps=maps,
         predicted={("lenet", "ensemble"): torch.zeros(9, dtype=torch.long)},
         confident={("lenet", "ensemble"): torch.tensor([8, 7])},
-        shares=pd.DataFrame({"architecture": ["lenet"], "share": [0.25], "points_near": [4]}),
+        shares=pd.DataFrame({"architecture": ["lenet"], "share": [0.1 + 0.2],
+                             "threshold": [0.5233298540115356], "points_near": [4]}),
         midpoints=pd.DataFrame(), midpoint_scores={}, path_images={}, path_scores={},
         path_labels=[("0", "1")])
 
@@ -39,8 +40,9 @@ def test_a_saved_result_loads_as_the_same_result(tmp_path: Path) -> None:
         assert torch.equal(loaded.maps[key], value)  # tuple keys stay tuples
     assert torch.equal(loaded.near, original.near) and loaded.near.dtype == torch.bool
     assert loaded.confident.keys() == original.confident.keys()
-    pd.testing.assert_frame_equal(loaded.shares, original.shares, check_dtype=False)
-    assert loaded.shares["points_near"].dtype.kind == "i"
+    pd.testing.assert_frame_equal(loaded.shares, original.shares, check_exact=True)
+    assert loaded.shares.loc[0, "share"] == 0.1 + 0.2  # every float bit: a redraw shows
+    assert loaded.shares.loc[0, "threshold"] == 0.5233298540115356  # the run's numbers
     assert loaded.path_labels == [("0", "1")] and loaded.midpoints.empty
 
 

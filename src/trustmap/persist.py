@@ -2,13 +2,15 @@
 
 A study's results are a dataclass of tensors, DataFrames, plain values and nested results;
 ``save`` writes them as ``NAME.safetensors`` + ``NAME.json`` (atomically, tensors by dotted
-field path, DataFrames as JSON tables with their dtypes) and ``load`` rebuilds the dataclass,
-so a page can be drawn again from a finished run without computing anything. Dict keys that
-are tuples, such as (architecture, predictive, measure), are kept as tuples.
+field path, DataFrames as parquet in base64, so every float bit and dtype comes back) and
+``load`` rebuilds the dataclass, so a page can be drawn again from a finished run without
+computing anything. Dict keys that are tuples, such as (architecture, predictive, measure),
+are kept as tuples.
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import json
@@ -33,7 +35,9 @@ def _encode(value: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
         tensors[path] = value.detach().cpu().contiguous()
         return {TENSOR: path}
     if isinstance(value, pd.DataFrame):
-        return {FRAME: value.to_json(orient="table", index=False)}
+        buffer = io.BytesIO()  # parquet keeps every float bit and every dtype
+        value.to_parquet(buffer, index=False)
+        return {FRAME: base64.b64encode(buffer.getvalue()).decode("ascii")}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {field.name: _encode(getattr(value, field.name), f"{path}.{field.name}", tensors)
                 for field in dataclasses.fields(value)}
@@ -53,7 +57,7 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor], kind: Any) -> Any:
         if TENSOR in value:
             return tensors[value[TENSOR]]
         if FRAME in value:
-            return pd.read_json(io.StringIO(value[FRAME]), orient="table")
+            return pd.read_parquet(io.BytesIO(base64.b64decode(value[FRAME])))
         if TUPLE in value:
             return tuple(_decode(item, tensors, None) for item in value[TUPLE])
         if "__items__" in value:

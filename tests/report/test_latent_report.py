@@ -15,6 +15,7 @@ from trustmap.errors import DataError, TrustmapError
 from trustmap.report import latent_figures
 from trustmap.report import page as engine
 from trustmap.report.results import LatentResults, RunResults
+from trustmap.studies.latent_maps import LatentStudy
 from trustmap.studies.latent_page import write_latent_report
 from trustmap.studies.run_page import write_report
 
@@ -304,6 +305,35 @@ def test_shares_a_directory_with_other_pages(results: RunResults,
     assert not (figures / "latent-99-gone.png").exists()
     drawn = sorted(f"figures/{Path(src).name}" for src in Page(page.read_text("utf-8")).images)
     assert sorted(name for name in after if "latent-" in name) == drawn
+
+
+def test_the_run_page_shows_the_same_sections(results: RunResults, latent_results: LatentResults,
+                                              written: Path, page: Page,
+                                              tmp_path: Path) -> None:
+    """Inside the run's page the study's sections are its own page's, under one heading: the
+    same figures, the same table, ids prefixed with the study's name."""
+    results.images, results.explanations = {}, None
+    report = write_report(results, tmp_path, predictive="single",
+                          beside=[(LatentStudy(), latent_results)])
+    shown = Page(report.read_text("utf-8"))
+    inside = [s for s in shown.sections if s.startswith("latent")]
+    assert inside == ["latent", *(f"latent-{section}" for section in page.sections)]
+    assert "#latent" in shown.links and "#latent-maps" not in shown.links  # one nav entry
+    own = [Path(src).name.split("-", 2)[2] for src in page.images]
+    in_run = [Path(src).name.split("-", 1)[1] for src in shown.images]
+    assert in_run[-len(own):] == own
+    assert shown.tables["shares"] == page.tables["shares"]
+    assert "trustmap study latent</code> draws this at full size" in report.read_text("utf-8")
+
+
+def test_a_page_refuses_two_elements_with_one_id(tmp_path: Path) -> None:
+    sections = [engine.Section("shares", "Shares", context={
+        "t": engine.build_table("shares", pd.DataFrame({"a": [1.0]}))})]
+    sections.append(engine.Section("shares", "Again"))
+    with pytest.raises(ValueError, match=r"the ids \['shares'\] more than once"):
+        engine.write_page(tmp_path / "out" / "p.html", "latent.html.j2", {}, "t",
+                          lambda: sections)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(("spoil", "message"), [

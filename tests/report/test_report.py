@@ -37,7 +37,7 @@ class Page(HTMLParser):
         if tag == "img":
             self.images.append(str(found["src"]))
         elif tag == "table" and found.get("id"):
-            self._table = str(found["id"])
+            self._table = str(found["id"]).removeprefix("table-")  # the page's table id
             self.tables[self._table] = []
         elif tag == "tr" and self._table:
             self.tables[self._table].append({"cells": [], "best": [],

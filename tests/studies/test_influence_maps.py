@@ -15,7 +15,7 @@ from trustmap.errors import ConfigError
 from trustmap.explain import influence
 from trustmap.predictive import Prediction
 from trustmap.report.results import PROJECTION_KEYS, InfluenceResults
-from trustmap.studies import influence_maps
+from trustmap.studies import influence_maps, influence_page
 from trustmap.studies.influence_maps import top_pixels
 from trustmap.studies.registry import load_settings, run_study
 from trustmap.training import forward_in_batches, load_ensemble
@@ -43,7 +43,7 @@ def _settings(**changes: object) -> object:
 def _run(out: Path, **changes: object) -> Study:
     """Run the study, keeping what it handed to the (real) report writer."""
     handed: list[InfluenceResults] = []
-    writer = influence_maps.write_influence_report
+    writer = influence_page.write_influence_report
 
     def recording(results: InfluenceResults, out_dir: Path) -> Path:
         handed.append(results)
@@ -51,7 +51,7 @@ def _run(out: Path, **changes: object) -> Study:
 
     lines: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(influence_maps, "write_influence_report", recording)
+        patch.setattr(influence_page, "write_influence_report", recording)
         report = run_study("influence", _settings(**changes), out, progress=False,
                            log=lines.append)
     return Study(out, report, handed[0], lines)

@@ -103,7 +103,7 @@ def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:
 
 def test_the_latent_map_splits_its_grid_under_every_predictive(small_run) -> None:
     out, _ = small_run
-    shares = pd.DataFrame(json.loads((out / "metrics.json").read_text())["latent"])
+    shares = pd.DataFrame(json.loads((out / "metrics.json").read_text())["latent"]["shares"])
     assert list(shares.predictive) == ["single", "ensemble", "mc-dropout", "ensemble-mc"]
     assert ((shares.points_near + shares.points_far) == 16).all()  # the 4x4 grid
     assert shares.share.between(0, 1).all() and (shares.threshold > 0).all()
@@ -120,10 +120,10 @@ def test_the_influence_maps_project_the_id_test_set(small_run) -> None:
     assert found["projection"]["pairs_not_converged"] == 0
     assert list(found["max_abs_influence"]) == [str(k) for k in range(10)]
     assert all(0 < v <= 1 for v in found["max_abs_influence"].values())
-    assert list(found["max_abs_change"]) == ["accuracy", "log-loss", "entropy",
-                                             "mutual_information"]
+    assert list(found["max_abs_performance"]) == ["accuracy", "log-loss"]
+    assert list(found["max_abs_uncertainty"]) == ["entropy", "mutual_information"]
     text = (out / "report.html").read_text()
-    assert 'id="influence"' in text
+    assert 'id="influence"' in text and 'id="influence-spread"' in text  # the study's sections
     for name in ("influence", "spread", "performance", "uncertainty"):
         drawn = list((out / "figures").glob(f"*-{name}.png"))
         assert len(drawn) == 1 and f"figures/{drawn[0].name}" in text
@@ -142,8 +142,9 @@ def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     # From the cache: 4 attacks; the forward passes of 11 sets (ID, letters, noise, four
     # adversarial sets and their noise controls) and of the validation split under each of the
     # 4 predictives; the explanation-disagreement scores of the 11 sets x 2 predictives x 4
-    # methods; and the ID set's passes again for the latent (4) and influence (1) maps.
-    assert header["cache"].startswith("145 attack, forward-pass and explanation results reused")
+    # methods; the ID set's passes again for the latent (4) and influence (1) maps; and the
+    # region-perturbation curves of the 4 methods (MoRF and LeRF) and of the random order.
+    assert header["cache"].startswith("154 attack, forward-pass and explanation results reused")
     assert metrics["ood"] == first_metrics["ood"]  # and give the same numbers
     assert len(list((out / "checkpoints").glob("lenet-*"))) == 1
 

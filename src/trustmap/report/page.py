@@ -1,6 +1,6 @@
 """The one page engine: every report page is a header and a list of ``Section``s.
 
-A page module (``html`` for the run, ``recurrent``, ``latent``, ``influence``) only says which
+A page module (``studies/*_page.py``: the run, recurrent, latent, influence) only says which
 sections it has: their figures as deferred drawing jobs, their tables, and the template macro
 (named like the section, in the page's template) that lays them out. Everything else is here,
 once: drawing the figures into a hidden staging folder, rendering with jinja2 (escaped, strict),
@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +86,11 @@ class Job:
 @dataclass
 class Section:
     """One part of a page: its anchor, title (and shorter link text), the figures it draws and
-    the ``context`` its template macro (named ``id``) reads."""
+    the ``context`` its template macro reads; ``parts`` are sections shown inside it.
+
+    The macro is named ``macro`` (default: the id) in ``template`` (default: the page's), so a
+    study's sections keep their own macros on any page that shows them.
+    """
 
     id: str
     title: str
@@ -94,10 +98,32 @@ class Section:
     jobs: list[Job] = field(default_factory=list)
     context: dict[str, Any] = field(default_factory=dict)
     drawn: list[FigureRef] = field(default_factory=list)
+    template: str = ""
+    macro: str = ""
+    parts: list[Section] = field(default_factory=list)
 
     def figures(self, group: str = "") -> list[FigureRef]:
         """The drawn figures of one group, in drawing order."""
         return [ref for ref in self.drawn if ref.group == group]
+
+    def walk(self) -> Iterator[Section]:
+        """This section, then its parts, depth first (the page's reading order)."""
+        yield self
+        for part in self.parts:
+            yield from part.walk()
+
+
+def study_section(name: str, title: str, nav: str, template: str, parts: list[Section],
+                  context: Mapping[str, Any] | None = None) -> Section:
+    """A study's sections shown inside another page, under one heading: their ids prefixed
+    with the study's name, so they cannot clash with the page's own, each still laid out by
+    its macro in the study's ``template``; the heading's own macro is ``study`` there."""
+    for part in parts:
+        for inner in part.walk():
+            inner.macro, inner.id = inner.macro or inner.id, f"{name}-{inner.id}"
+            inner.template = inner.template or template
+    return Section(name, title, nav, context=dict(context or {}), template=template,
+                   macro="study", parts=parts)
 
 
 @dataclass
@@ -136,7 +162,9 @@ def write_page(page: Path, template: str, header: Mapping[str, Any], default_tit
     staging = Path(tempfile.mkdtemp(prefix=f".{prefix}figures-", dir=out_dir))
     try:
         sections = plan()
-        jobs = [(section, job) for section in sections for job in section.jobs]
+        _check_unique_ids(sections)
+        jobs = [(part, job) for section in sections for part in section.walk()
+                for job in part.jobs]
         names = [f"{prefix}{number:02d}-{_slug(job.name)}.png"
                  for number, (_, job) in enumerate(jobs, start=1)]
         draw_all([job for _, job in jobs], [staging / name for name in names])
@@ -196,6 +224,18 @@ def _one_thread() -> None:
 def _draw_pending(index: int) -> None:
     job, path = _PENDING[index]
     save_figure(job.draw(), path)
+
+
+def _check_unique_ids(sections: Sequence[Section]) -> None:
+    """Anchors and tables share the page's ids: a clash would make a link or a test find the
+    wrong element, so it is a programming error, caught before anything is drawn."""
+    ids = [part.id for section in sections for part in section.walk()]
+    ids += [f"table-{table.id}" for section in sections for part in section.walk()
+            for table in part.context.values() if isinstance(table, Table)]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"the page has the ids {repeated} more than once; rename a section "
+                         "or a table")
 
 
 def render(template: str, **context: Any) -> str:

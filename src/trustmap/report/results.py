@@ -128,10 +128,6 @@ class RunResults:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Dataset name -> float32 [N, C, H, W] images in ``per_sample`` row order (by ``index``)."""
     explanations: ExplanationResults | None = None
-    latent: LatentResults | None = None
-    """Seed 003's map of the run's ensemble (the latent study inside the run)."""
-    influence: InfluenceResults | None = None
-    """Seed 004's maps of the run's ensemble (the influence study inside the run)."""
 
 
 ACCURACY_COLUMNS = ("architecture", "dataset", "parameters", "epochs", "val_accuracy",

@@ -1,7 +1,7 @@
 """What every study shares: the RunContext built once per command, and the Study shape.
 
-A study is settings (a ``Section`` of the settings file), ``compute(ctx) -> results`` and
-``section(results)`` (what its part of a page shows). ``trustmap run`` computes the studies its
+A study is settings (a table of the settings file), ``compute(ctx) -> results`` and
+``sections(results)`` (what its part of a page shows). ``trustmap run`` computes the studies its
 settings enable, one after another, on one context; ``trustmap study NAME`` computes one. The
 context owns everything a study must not decide on its own: the settings, the seed, the device,
 the log and progress bars, the timings, the tensor cache and the checkpoint policy.
@@ -26,6 +26,7 @@ from torch import nn
 from trustmap.atomic import write_atomic
 from trustmap.data import Dataset, load
 from trustmap.predictive import Prediction, predict_kinds
+from trustmap.report import page
 from trustmap.studies.settings import ModelSettings, RunSettings, Section, torch_device
 from trustmap.training import EnsembleRun, FitResult, RunSpec, TrainConfig, fit_ensemble, fit_vae
 
@@ -218,7 +219,11 @@ class RunContext:
 
 
 class Study(Protocol):
-    """One study: its settings table, its computation and its part of a page."""
+    """One study: its settings table, its computation and its part of a page.
+
+    Its own page (``trustmap study NAME``) and its part of the run's page (``trustmap run``)
+    are both drawn from ``sections``: one code path for both.
+    """
 
     name: str
     """Its command (``trustmap study NAME``) and its table in the settings file."""
@@ -228,9 +233,17 @@ class Study(Protocol):
     run_preset: dict[str, Any]
     """Settings it takes inside ``trustmap run`` unless the file says otherwise (smaller maps
     than the study alone draws, or the run's own ensemble)."""
+    template: str
+    """The template holding its sections' macros (and ``study``, its heading on the run's page)."""
 
     def compute(self, ctx: RunContext) -> Any:
         """Everything the study measures, as its typed results."""
 
-    def write(self, results: Any, ctx: RunContext) -> Path:
-        """Its own page and metrics, from results alone; returns the page."""
+    def sections(self, results: Any) -> list[page.Section]:
+        """Its part of a page, after checking ``results`` hold what the part reads."""
+
+    def metrics(self, results: Any) -> dict[str, Any]:
+        """What ``metrics.json`` keeps of ``results`` (the header is added beside it)."""
+
+    def write(self, results: Any, out: Path) -> Path:
+        """Its own page (from ``sections``) and any files of its own; returns the page."""

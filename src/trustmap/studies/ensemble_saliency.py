@@ -115,28 +115,43 @@ def _class_maps(model: nn.Module, test: Dataset, config: RunSettings
     return (torch.stack([s.mean[0] for s in stats]), torch.stack([s.sem[0] for s in stats]), n)
 
 
-def _faithfulness(model: nn.Module, test: Dataset, config: RunSettings
+def _faithfulness(model: nn.Module, test: Dataset, config: RunSettings, cache: TensorCache
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Region perturbation of each method's maps, most and least relevant first, and a random
-    order as the baseline every faithful map should beat."""
+    order as the baseline every faithful map should beat; each curve kept in the cache."""
     x = test.images[: config.explanations.faithfulness_n]
     with torch.no_grad():
         target = model(x).argmax(1)
     patch, seed = config.explanations.patch, config.seed
-    curves: dict[str, list[PerturbationCurve]] = {}
-    for method in config.explanations.methods:
-        maps = get(method)(model, x, target)
-        curves[method] = [region_perturbation(model, x, maps, target, patch=patch, order=order,
-                                              seed=seed) for order in ("morf", "lerf")]
-    curves["random"] = [region_perturbation(model, x, torch.zeros_like(x), target, patch=patch,
-                                            order="random", seed=seed)]
+
+    @functools.cache
+    def maps_of(method: str) -> torch.Tensor:  # MoRF and LeRF read the same maps
+        return get(method)(model, x, target) if method != "random" else torch.zeros_like(x)
+
+    def curve(method: str, order: str) -> PerturbationCurve:
+        def perturb() -> dict[str, torch.Tensor]:
+            maps = maps_of(method)
+            found = region_perturbation(model, x, maps, target, patch=patch, order=order,
+                                        seed=seed)
+            return {"logits": found.logits, "probs": found.probs, "predicted": found.predicted}
+
+        made = cache.get({"faithfulness": method, "order": order, "set": test.name,
+                          "n": len(x), "patch": patch, "seed": seed,
+                          "provenance": test.provenance,
+                          "checksum": float(x.double().sum())}, perturb)
+        return PerturbationCurve(order, patch, made["logits"], made["probs"], made["predicted"])
+
+    curves: dict[str, list[PerturbationCurve]] = {
+        method: [curve(method, order) for order in ("morf", "lerf")]
+        for method in config.explanations.methods}
+    curves["random"] = [curve("random", "random")]
     frames = []
     for method, method_curves in curves.items():
-        for curve in method_curves:
-            probs = curve.probs
+        for found in method_curves:
+            probs = found.probs
             sem = (probs.std(0, correction=1) / len(x) ** 0.5 if len(x) > 1
                    else torch.full_like(probs[0], float("nan")))
-            frames.append(pd.DataFrame({"method": method, "order": curve.order,
+            frames.append(pd.DataFrame({"method": method, "order": found.order,
                                         "step": range(probs.shape[1]), "mean": probs.mean(0),
                                         "sem": sem}))
     return pd.concat(frames, ignore_index=True), aopc_table(curves)
@@ -152,7 +167,7 @@ def _sanity(model: nn.Module, test: Dataset, config: RunSettings) -> pd.DataFram
 
 
 def explanation_results(ctx: RunContext, members: list[nn.Module], sets: dict[str, Dataset],
-                        measures: list[str]) -> ExplanationResults:
+                        measures: list[str], cache: TensorCache) -> ExplanationResults:
     """Everything the report's explanation section shows."""
     config = ctx.settings
     test = sets[config.data.in_distribution]
@@ -165,7 +180,7 @@ def explanation_results(ctx: RunContext, members: list[nn.Module], sets: dict[st
     with ctx.timed("explanations: class saliency"):
         class_means, class_sems, n = _class_maps(model, test, config)
     with ctx.timed("explanations: faithfulness"):
-        perturbation, aopc = _faithfulness(model, test, config)
+        perturbation, aopc = _faithfulness(model, test, config, cache)
     with ctx.timed("explanations: sanity"):
         sanity = _sanity(model, test, config)
     return ExplanationResults(

@@ -28,11 +28,12 @@ from trustmap.atomic import write_atomic
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.explain import influence
+from trustmap.report import page
 from trustmap.report.results import InfluenceResults
+from trustmap.studies import influence_page
 from trustmap.studies.base import RunContext, ensemble_spec
-from trustmap.studies.influence_page import write_influence_report
 from trustmap.studies.settings import Section, allowed, image_classifiers
-from trustmap.training import RunSpec, TrainConfig, write_json
+from trustmap.training import RunSpec, TrainConfig
 from trustmap.uncertainty import MEASURES
 
 MAPS_FILE = "influence_maps.safetensors"
@@ -123,6 +124,7 @@ class InfluenceStudy:
     name = "influence"
     title = "Influence and performance maps by entropic projection"
     run_preset = RUN_PRESET
+    template = influence_page.TEMPLATE
 
     def compute(self, ctx: RunContext) -> InfluenceResults:
         settings: InfluenceSettings = ctx.section(self.name)
@@ -186,10 +188,31 @@ class InfluenceStudy:
             curve_targets=curves.targets.cpu(), curve_values=curves.values.cpu(),
             curve_converged=curves.converged.cpu(), timings=pd.DataFrame(timings))
 
-    def write(self, results: InfluenceResults, ctx: RunContext) -> Path:
-        report = write_influence_report(results, ctx.out)
-        _save_maps(ctx.out / MAPS_FILE, results)
-        write_json(ctx.out / "metrics.json", metrics(results))
+    def sections(self, results: InfluenceResults) -> list[page.Section]:
+        return influence_page.sections(results)
+
+    def metrics(self, results: InfluenceResults) -> dict[str, Any]:
+        """The solver's counts and the largest changes of the maps."""
+        largest = results.influence.abs().flatten(1).amax(1)
+        return {
+            "dataset": results.header["dataset"],
+            "architecture": results.header["architecture"],
+            "images": results.header["images"],
+            "projection": results.projection,
+            "accuracy": results.accuracy.to_dict(orient="records"),
+            "max_abs_influence": {name: float(v) for name, v in zip(results.classes, largest,
+                                                                   strict=True)},
+            "max_abs_performance": {k: float(v.abs().max())
+                                    for k, v in results.performance.items()},
+            "max_abs_uncertainty": {k: float(v.abs().max())
+                                    for k, v in results.uncertainty.items()},
+            "timings": results.timings.to_dict(orient="records"),
+        }
+
+    def write(self, results: InfluenceResults, out: Path) -> Path:
+        """Its page, and the maps as safetensors for other tools."""
+        report = influence_page.write_influence_report(results, out)
+        _save_maps(out / MAPS_FILE, results)
         return report
 
     def _header(self, ctx: RunContext, spec: RunSpec, test: Dataset) -> dict[str, Any]:
@@ -223,21 +246,3 @@ def _save_maps(path: Path, results: InfluenceResults) -> None:
                "constant": results.constant, "not_converged": results.not_converged}
     tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
     write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
-
-
-def metrics(results: InfluenceResults) -> dict[str, Any]:
-    """What ``metrics.json`` keeps of the maps: the solver's counts and the largest changes."""
-    largest = results.influence.abs().flatten(1).amax(1)
-    return {
-        "dataset": results.header["dataset"],
-        "architecture": results.header["architecture"],
-        "images": results.header["images"],
-        "projection": results.projection,
-        "accuracy": results.accuracy.to_dict(orient="records"),
-        "max_abs_influence": {name: float(v) for name, v in zip(results.classes, largest,
-                                                               strict=True)},
-        "max_abs_performance": {k: float(v.abs().max()) for k, v in results.performance.items()},
-        "max_abs_uncertainty": {k: float(v.abs().max()) for k, v in results.uncertainty.items()},
-        "timings": results.timings.to_dict(orient="records"),
-        "header": results.header,
-    }

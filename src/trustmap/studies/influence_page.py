@@ -3,7 +3,7 @@ and its uncertainty, by entropic projection (seed 004, after the ethik library).
 
 It reads only ``InfluenceResults`` and is written by the page engine (``page.write_page``). Its
 figures are named ``influence-*.png``, so it shares ``figures/`` with other pages in the same
-directory without touching theirs. The run page shows its maps too (``map_jobs``).
+directory without touching theirs. The run's page shows the same ``sections``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from trustmap.report.page import Job, Section, build_table, write_page
 from trustmap.report.results import PROJECTION_KEYS, InfluenceResults
 
 INFLUENCE_NAME = "influence.html"
+TEMPLATE = "influence.html.j2"
 FIGURE_PREFIX = "influence-"
 DEFAULT_TITLE = "trustmap influence maps by entropic projection"
 CERTAIN_SHARE = 0.1
@@ -51,9 +52,8 @@ def write_influence_report(results: InfluenceResults, out_dir: Path | str) -> Pa
     If any figure or the page fails, an earlier influence page in ``out_dir`` and every figure
     it points at are left as they were; other pages' figures are never touched.
     """
-    check(results)
-    return write_page(Path(out_dir) / INFLUENCE_NAME, "influence.html.j2", results.header,
-                      DEFAULT_TITLE, lambda: _sections(results), prefix=FIGURE_PREFIX)
+    return write_page(Path(out_dir) / INFLUENCE_NAME, TEMPLATE, results.header,
+                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX)
 
 
 def check(results: InfluenceResults) -> None:
@@ -107,7 +107,7 @@ def certainty(influence: torch.Tensor, member_std: torch.Tensor, classes: Sequen
     return pd.DataFrame(rows, columns=list(CERTAINTY_COLUMNS))
 
 
-def map_jobs(results: InfluenceResults) -> dict[str, list[Job]]:
+def _map_jobs(results: InfluenceResults) -> dict[str, list[Job]]:
     """The figures of each section with maps: influence, spread, performance, uncertainty."""
     constant, missed = results.constant, results.not_converged
     masks = (f"grey: the {int(constant.sum())} constant pixels (exactly 0); ×: the "
@@ -146,9 +146,11 @@ def map_jobs(results: InfluenceResults) -> dict[str, list[Job]]:
     }
 
 
-def _sections(results: InfluenceResults) -> list[Section]:
+def sections(results: InfluenceResults) -> list[Section]:
+    """The page's sections, on this page or the run's."""
+    check(results)
     alpha = float(results.header.get("alpha", ALPHA))
-    jobs = map_jobs(results)
+    jobs = _map_jobs(results)
     curves = [Job(
         "curves", "the ensemble's mean probability of every class against each curve pixel's "
         "target mean, from τ = −1 to τ = +1 (dotted: the pixel's test-set mean, τ = 0; ×: points "

@@ -29,11 +29,12 @@ from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.evaluate import latent
 from trustmap.predictive import Predictive, make_predictive
+from trustmap.report import page
 from trustmap.report.results import MIDPOINT_COLUMNS, LatentResults
+from trustmap.studies import latent_page
 from trustmap.studies.base import RunContext, ensemble_spec
-from trustmap.studies.latent_page import write_latent_report
 from trustmap.studies.settings import Section, allowed, image_classifiers
-from trustmap.training import EnsembleRun, RunSpec, TrainConfig, write_json
+from trustmap.training import EnsembleRun, RunSpec, TrainConfig
 from trustmap.uncertainty import MEASURES, compute
 
 MODEL_OPTIONS: dict[str, dict[str, Any]] = {"resnet34": {"width": 16}}
@@ -183,6 +184,7 @@ class LatentStudy:
     name = "latent"
     title = "Where in latent space is the model unsure"
     run_preset = RUN_PRESET
+    template = latent_page.TEMPLATE
 
     def compute(self, ctx: RunContext) -> LatentResults:
         settings: LatentSettings = ctx.section(self.name)
@@ -237,13 +239,15 @@ class LatentStudy:
             midpoint_scores=mid_scores, path_images=path_images, path_scores=path_scores,
             path_labels=path_labels)
 
-    def write(self, results: LatentResults, ctx: RunContext) -> Path:
-        report = write_latent_report(results, ctx.out)
-        write_json(ctx.out / "metrics.json", {
-            "dataset": results.dataset, "shares": results.shares.to_dict(orient="records"),
-            "midpoints": results.midpoints.to_dict(orient="records"),
-            "header": results.header})
-        return report
+    def sections(self, results: LatentResults) -> list[page.Section]:
+        return latent_page.sections(results)
+
+    def metrics(self, results: LatentResults) -> dict[str, Any]:
+        return {"dataset": results.dataset, "shares": results.shares.to_dict(orient="records"),
+                "midpoints": results.midpoints.to_dict(orient="records")}
+
+    def write(self, results: LatentResults, out: Path) -> Path:
+        return latent_page.write_latent_report(results, out)
 
     def _header(self, ctx: RunContext, provenance: dict[str, Any]) -> dict[str, Any]:
         settings: LatentSettings = ctx.section(self.name)

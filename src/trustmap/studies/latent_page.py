@@ -2,8 +2,7 @@
 
 It reads only ``LatentResults`` and is written by the page engine (``page.write_page``). Its
 figures are named ``latent-*.png``, so it shares ``figures/`` with other pages in the same
-directory without touching theirs. The run page shows its maps and shares too (``map_jobs``,
-``shares_table``).
+directory without touching theirs. The run's page shows the same ``sections``.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from trustmap.report.page import Job, Section, Table, build_table, ordered, writ
 from trustmap.report.results import LATENT_SHARE_COLUMNS, MIDPOINT_COLUMNS, LatentResults
 
 LATENT_NAME = "latent.html"
+TEMPLATE = "latent.html.j2"
 FIGURE_PREFIX = "latent-"
 DEFAULT_TITLE = "trustmap latent-space uncertainty maps"
 DEFAULT_PREDICTIVE = "ensemble"
@@ -41,9 +41,8 @@ def write_latent_report(results: LatentResults, out_dir: Path | str) -> Path:
     If any figure or the page fails, an earlier latent page in ``out_dir`` and every figure it
     points at are left as they were; other pages' figures are never touched.
     """
-    check(results)
-    return write_page(Path(out_dir) / LATENT_NAME, "latent.html.j2", results.header,
-                      DEFAULT_TITLE, lambda: _sections(results), prefix=FIGURE_PREFIX)
+    return write_page(Path(out_dir) / LATENT_NAME, TEMPLATE, results.header,
+                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX)
 
 
 def check(results: LatentResults) -> None:
@@ -101,11 +100,14 @@ def _far_measure(results: LatentResults) -> str:
     return FAR_MEASURE if FAR_MEASURE in results.measures else results.measures[0]
 
 
-def _sections(results: LatentResults) -> list[Section]:
+def sections(results: LatentResults) -> list[Section]:
+    """The page's sections, on this page or the run's; interpolations only where the study drew
+    paths (the run's map draws none)."""
+    check(results)
     near = int(results.near.sum())
     points = results.resolution ** 2
     return [
-        Section("maps", "Uncertainty maps", jobs=map_jobs(results), context={
+        Section("maps", "Uncertainty maps", jobs=_map_jobs(results), context={
             "dataset": results.dataset, "resolution": results.resolution,
             "bound": f"{results.bound:g}", "codes": len(results.codes)}),
         Section("mosaic", "Decoded grid", jobs=[Job(
@@ -117,17 +119,16 @@ def _sections(results: LatentResults) -> list[Section]:
                 context={"far_measure": _far_measure(results)}),
         Section("shares", "Share of confident grid points", "Shares", context={
             "near": near, "points": points, "far": points - near,
-            "shares": shares_table(results, "shares"),
+            "shares": _shares_table(results),
             "constant": [f"{m} under {p} ({a})" for a, p, m in results.maps
                          if _constant(results, (a, p, m))]}),
-        Section("interpolations", "Interpolations", jobs=_interpolation_jobs(results), context={
-            "shown": [{"architecture": a, "predictive": shown_predictive(results, a)}
-                      for a in results.architectures],
-            "midpoints": _midpoints(results)}),
-    ]
+    ] + ([Section("interpolations", "Interpolations", jobs=_interpolation_jobs(results),
+                  context={"shown": [{"architecture": a, "predictive": shown_predictive(results, a)}
+                                     for a in results.architectures],
+                           "midpoints": _midpoints(results)})] if results.path_labels else [])
 
 
-def map_jobs(results: LatentResults) -> list[Job]:
+def _map_jobs(results: LatentResults) -> list[Job]:
     """One figure per architecture: each measure under each predictive over the grid."""
     return [Job(
         f"maps-{architecture}",
@@ -205,7 +206,7 @@ def _constant(results: LatentResults, key: tuple[str, str, str]) -> bool:
     return values is not None and bool(values.max() == values.min())
 
 
-def shares_table(results: LatentResults, table_id: str) -> Table:
+def _shares_table(results: LatentResults) -> Table:
     """Shares per architecture, predictive and measure; the largest share far from the data of
     each architecture marked (the finding), among maps that vary over the grid."""
     frame = ordered(results.shares, ["architecture", "predictive", "measure"], _ranks(results))
@@ -214,7 +215,7 @@ def shares_table(results: LatentResults, table_id: str) -> Table:
     varying = pd.Series([not _constant(results, key) for key in keys])
     greyed = {(p, m) for a, p, m in keys
               if all(_constant(results, (b, p, m)) for b, q, n in keys if (q, n) == (p, m))}
-    return build_table(table_id, frame, greyed, directions={"share_far": 1},
+    return build_table("shares", frame, greyed, directions={"share_far": 1},
                        group_by=["architecture"], row_headers=ROW_HEADERS, competing=varying)
 
 

@@ -25,6 +25,7 @@ from trustmap.report.results import (
 )
 
 RECURRENT_NAME = "recurrent.html"
+TEMPLATE = "recurrent.html.j2"
 FIGURE_PREFIX = "recurrent-"
 DEFAULT_TITLE = "trustmap recurrent relevance study"
 REFERENCE_KEY = "seed_002_accuracy"
@@ -43,10 +44,9 @@ def write_recurrent_report(results: RecurrentResults, out_dir: Path | str) -> Pa
     If any figure or the page fails, an earlier recurrent page in ``out_dir`` and every figure
     it points at are left as they were; other pages' figures are never touched.
     """
-    check(results)
     header = {k: v for k, v in results.header.items() if k != REFERENCE_KEY}
-    return write_page(Path(out_dir) / RECURRENT_NAME, "recurrent.html.j2", header,
-                      DEFAULT_TITLE, lambda: _sections(results), prefix=FIGURE_PREFIX)
+    return write_page(Path(out_dir) / RECURRENT_NAME, TEMPLATE, header,
+                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX)
 
 
 def check(results: RecurrentResults) -> None:
@@ -68,7 +68,9 @@ def check(results: RecurrentResults) -> None:
                         "and method a map of the examples")
 
 
-def _sections(results: RecurrentResults) -> list[Section]:
+def sections(results: RecurrentResults) -> list[Section]:
+    """The page's sections; the speed section only where the study timed the methods."""
+    check(results)
     architectures, methods = results.architectures, results.methods
     heatmaps = [Job(
         f"heatmaps-{index}-{label}",

@@ -33,11 +33,12 @@ from trustmap.evaluate.localisation import column_shares, region_share, strip_re
 from trustmap.explain.lrp_recurrent import METHODS, relevance
 from trustmap.models import names as model_names
 from trustmap.models.recurrent import ARCHITECTURES, STEP_WIDTH
+from trustmap.report import page
 from trustmap.report.results import RecurrentResults
+from trustmap.studies import recurrent_page
 from trustmap.studies.base import Log, RunContext
-from trustmap.studies.recurrent_page import write_recurrent_report
 from trustmap.studies.settings import Section, allowed
-from trustmap.training import RunSpec, TrainConfig, forward_in_batches, write_json
+from trustmap.training import RunSpec, TrainConfig, forward_in_batches
 
 MODEL_SCALE = {"mean": 0.5, "std": 0.5}
 """Seed 002 fed its networks pixels in [-1, 1]; the models do that scaling themselves."""
@@ -182,6 +183,7 @@ class RecurrentStudy:
     name = "recurrent"
     title = "Which explanation for which recurrent network"
     run_preset: dict[str, Any] = {}
+    template = recurrent_page.TEMPLATE
 
     def compute(self, ctx: RunContext) -> RecurrentResults:
         settings: RecurrentSettings = ctx.section(self.name)
@@ -220,10 +222,19 @@ class RecurrentStudy:
             maps={(scores.architecture, method): example for scores in scored
                   for method, example in scores.example_maps.items()})
 
-    def write(self, results: RecurrentResults, ctx: RunContext) -> Path:
-        report = write_recurrent_report(results, ctx.out)
-        write_json(ctx.out / "metrics.json", _metrics(results))
-        return report
+    def sections(self, results: RecurrentResults) -> list[page.Section]:
+        return recurrent_page.sections(results)
+
+    def metrics(self, results: RecurrentResults) -> dict[str, Any]:
+        def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+            return frame.to_dict(orient="records")
+
+        return {"dataset": results.dataset, "chance": results.chance,
+                "accuracy": records(results.accuracy), "region": records(results.region),
+                "aopc": records(results.aopc), "speed": records(results.speed)}
+
+    def write(self, results: RecurrentResults, out: Path) -> Path:
+        return recurrent_page.write_recurrent_report(results, out)
 
 
 def _header(ctx: RunContext, settings: RecurrentSettings, test: MajoritySequences
@@ -241,13 +252,3 @@ def _header(ctx: RunContext, settings: RecurrentSettings, test: MajoritySequence
         "versions": {"trustmap": trustmap.__version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
-
-
-def _metrics(results: RecurrentResults) -> dict[str, Any]:
-    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-        return frame.to_dict(orient="records")
-
-    return {"dataset": results.dataset, "chance": results.chance,
-            "accuracy": records(results.accuracy), "region": records(results.region),
-            "aopc": records(results.aopc), "speed": records(results.speed),
-            "header": results.header}

@@ -23,6 +23,7 @@ from trustmap.studies.latent_maps import LatentSettings, LatentStudy
 from trustmap.studies.recurrent_relevance import RecurrentSettings, RecurrentStudy
 from trustmap.studies.settings import RunSettings
 from trustmap.studies.uncertainty_measures import UncertaintyStudy
+from trustmap.training import write_json
 
 STUDIES: dict[str, Study] = {
     "uncertainty": UncertaintyStudy(),
@@ -75,7 +76,9 @@ def load_settings(study: str | None = None, path: Path | str | None = None,
 
 
 RESULTS_DIR = "results"
-"""Where a command keeps its studies' results, so that ``redraw`` needs no computation."""
+"""Where a command keeps its studies' results, so that ``redraw`` needs no computation: a
+study alone in ``results/NAME.*``, the studies of a run in ``results/run/NAME.*``."""
+RUN_RESULTS = "run"
 
 
 def run(settings: RunSettings, out: Path, progress: bool = True, log: Log = quiet,
@@ -83,15 +86,14 @@ def run(settings: RunSettings, out: Path, progress: bool = True, log: Log = quie
     """``trustmap run``: every enabled study on one context, one page; returns the page."""
     ctx = RunContext(settings, out, command, log, progress)
     computed = {name: STUDIES[name].compute(ctx) for name in settings.studies}
-    results: RunResults = computed["uncertainty"]
-    results.latent = computed.get("latent")
-    results.influence = computed.get("influence")
-    results.header["cache"] = (f"{ctx.cache_hits} attack, forward-pass and explanation "
-                               f"results reused from {out / 'cache'}" if ctx.cache_hits
-                               else "nothing reused")
-    results.header["seconds"] = ctx.timings
-    persist.save(results, out / RESULTS_DIR, "run")
-    return _draw("uncertainty", results, ctx)
+    core: RunResults = computed["uncertainty"]
+    core.header["cache"] = (f"{ctx.cache_hits} attack, forward-pass and explanation results "
+                            f"reused from {out / 'cache'}" if ctx.cache_hits
+                            else "nothing reused")
+    core.header["seconds"] = ctx.timings
+    for name, results in computed.items():
+        persist.save(results, out / RESULTS_DIR / RUN_RESULTS, name)
+    return _draw_run(computed, ctx)
 
 
 def run_study(name: str, settings: RunSettings, out: Path, progress: bool = True,
@@ -102,29 +104,55 @@ def run_study(name: str, settings: RunSettings, out: Path, progress: bool = True
     results = study.compute(ctx)
     results.header["seconds"] = ctx.timings
     persist.save(results, out / RESULTS_DIR, name)
-    return _draw(name, results, ctx)
-
-
-def _draw(name: str, results: Any, ctx: RunContext) -> Path:
-    """A study's page and metrics from its results, the drawing timed like the rest."""
     with ctx.timed("drawing"):
-        return STUDIES[name].write(results, ctx)
+        page = study.write(results, out)
+    write_json(out / "metrics.json", {**study.metrics(results), "header": results.header})
+    return page
+
+
+def _draw_run(computed: Mapping[str, Any], ctx: RunContext) -> Path:
+    """The run's page and ``metrics.json``: its own study's, then each other study's."""
+    core = STUDIES["uncertainty"]
+    results: RunResults = computed["uncertainty"]
+    beside = [(STUDIES[name], found) for name, found in computed.items()
+              if name != "uncertainty"]
+    with ctx.timed("drawing"):
+        page = core.write(results, ctx.out, beside)
+    write_json(ctx.out / "metrics.json", {
+        "header": results.header, **core.metrics(results),
+        **{study.name: study.metrics(found) for study, found in beside}})
+    return page
 
 
 def redraw(out: Path, log: Log = quiet) -> list[Path]:
     """Draw every page of a finished run or study in ``out`` again from its saved results."""
     saved = out / RESULTS_DIR
-    found = sorted(path.stem for path in saved.glob("*.json")
-                   if path.stem == "run" or path.stem in STUDIES)
-    if not found:
+    alone = sorted(path.stem for path in saved.glob("*.json") if path.stem in STUDIES)
+    in_run = saved / RUN_RESULTS
+    if not alone and not (in_run / "uncertainty.json").is_file():
         raise CheckpointError(f"{out} holds no saved results ({saved} is empty or missing); "
                               "run `trustmap run` or `trustmap study NAME` there first")
     pages = []
-    for name in found:
-        kind = RunResults if name == "run" else STUDIES[name].results_type
-        results = persist.load(kind, saved, name)
-        ctx = RunContext(Settings(), out, str(results.header.get("command", "")), log, False)
-        ctx.timings.extend(results.header.get("seconds", []))
+    if (in_run / "uncertainty.json").is_file():
+        found = sorted(path.stem for path in in_run.glob("*.json") if path.stem in STUDIES)
+        computed = {name: persist.load(STUDIES[name].results_type, in_run, name)
+                    for name in ["uncertainty", *(n for n in found if n != "uncertainty")]}
+        log(f"drawing the run's page again from {in_run}")
+        pages.append(_draw_run(computed, _context(out, computed["uncertainty"].header, log)))
+    for name in alone:
+        study = STUDIES[name]
+        results = persist.load(study.results_type, saved, name)
+        ctx = _context(out, results.header, log)
         log(f"drawing {name} again from {saved}")
-        pages.append(_draw("uncertainty" if name == "run" else name, results, ctx))
+        with ctx.timed("drawing"):
+            pages.append(study.write(results, out))
+        write_json(out / "metrics.json", {**study.metrics(results), "header": results.header})
     return pages
+
+
+def _context(out: Path, header: dict[str, Any], log: Log) -> RunContext:
+    """A context that only draws: the saved seconds, to which the new drawing is added."""
+    ctx = RunContext(Settings(), out, str(header.get("command", "")), log, False)
+    ctx.timings.extend(header.get("seconds", []))
+    header["seconds"] = ctx.timings
+    return ctx

@@ -2,20 +2,29 @@
 
 The page reads only ``RunResults``; every number it shows was computed by the study, except
 the ROC points the figures draw. It is written by the page engine (``page.write_page``) from
-the sections below; the latent and influence sections reuse their own pages' figures.
+the sections below, followed by the sections of every other study the run computed, each from
+that study's own ``sections`` (the ones its own page shows).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from trustmap.errors import TrustmapError
-from trustmap.explain.influence import ALPHA
 from trustmap.report import checks, explain_figures, figures
-from trustmap.report.page import Job, Section, build_table, ordered, text, write_page
+from trustmap.report.page import (
+    Job,
+    Section,
+    build_table,
+    ordered,
+    study_section,
+    text,
+    write_page,
+)
 from trustmap.report.results import (
     ADVERSARIAL_COLUMNS,
     AOPC_COLUMNS,
@@ -28,24 +37,32 @@ from trustmap.report.results import (
     SANITY_COLUMNS,
     RunResults,
 )
-from trustmap.studies import influence_page, latent_page
+from trustmap.studies.base import Study
 
 REPORT_NAME = "report.html"
+TEMPLATE = "report.html.j2"
 DEFAULT_PREDICTIVE = "ensemble"
 
 
-def write_report(results: RunResults, out_dir: Path | str, predictive: str | None = None) -> Path:
+def write_report(results: RunResults, out_dir: Path | str, predictive: str | None = None,
+                 beside: Sequence[tuple[Study, Any]] = ()) -> Path:
     """Write ``out_dir/report.html`` and its ``figures/``; return the page's path.
 
     ``predictive`` is the one the per-measure figures use: "ensemble" if the run has it, else
-    the first. If any figure or the page fails, the staging folder is removed and an earlier
-    report in ``out_dir`` is left as it was, every figure it points at included.
+    the first. ``beside`` holds the other studies the run computed, with their results: each
+    gets a section of its own sections. If any figure or the page fails, the staging folder is
+    removed and an earlier report in ``out_dir`` is left as it was, every figure it points at
+    included.
     """
-    _check(results)
     chosen = _choose_predictive(results, predictive)
-    return write_page(Path(out_dir) / REPORT_NAME, "report.html.j2", results.header,
-                      "trustmap report", lambda: _sections(results, chosen),
-                      in_distribution=results.in_distribution)
+
+    def plan() -> list[Section]:
+        return sections(results, chosen) + [
+            study_section(study.name, study.title, study.name.capitalize(), study.template,
+                          study.sections(found)) for study, found in beside]
+
+    return write_page(Path(out_dir) / REPORT_NAME, TEMPLATE, results.header,
+                      "trustmap report", plan, in_distribution=results.in_distribution)
 
 
 def _choose_predictive(results: RunResults, predictive: str | None) -> str:
@@ -58,9 +75,8 @@ def _choose_predictive(results: RunResults, predictive: str | None) -> str:
     return predictive
 
 
-def _check(results: RunResults) -> None:
-    """Fail before drawing anything if a table lacks a column the page reads, or the latent or
-    influence results are not what their sections read."""
+def check(results: RunResults) -> None:
+    """Fail before drawing anything if a table lacks a column the page reads."""
     per_sample = list(PER_SAMPLE_KEYS) + [
         figures.sample_column(p, name) for p in results.predictives
         for name in ("predicted", "confidence", "vote_ratio")]
@@ -80,14 +96,13 @@ def _check(results: RunResults) -> None:
     if not (results.per_sample["dataset"] == results.in_distribution).any():
         checks.fail(results, f"in_distribution={results.in_distribution!r} has no rows in "
                     "per_sample; name the ID test set as per_sample does")
-    if results.latent is not None:
-        latent_page.check(results.latent)
-    if results.influence is not None:
-        influence_page.check(results.influence)
 
 
-def _sections(results: RunResults, predictive: str) -> list[Section]:
-    """Every section of the page, its figures as deferred drawing calls."""
+def sections(results: RunResults, predictive: str = DEFAULT_PREDICTIVE) -> list[Section]:
+    """The run's own sections, its figures as deferred drawing calls; ``predictive`` is the one
+    the per-measure figures use (the first of the run's if it has not this one)."""
+    check(results)
+    predictive = predictive if predictive in results.predictives else results.predictives[0]
     degenerate = _degenerate(results)
     ranking = figures.ranking_measure(results)
     distributions = []
@@ -137,8 +152,6 @@ def _sections(results: RunResults, predictive: str) -> list[Section]:
         Section("agreement", "Agreement of the samples", "Agreement", agreement),
         Section("inputs", "Most and least uncertain inputs", "Inputs", inputs),
         _explanations(results),
-        _latent(results),
-        _influence(results),
     ]
 
 
@@ -180,30 +193,6 @@ def _explanations(results: RunResults) -> Section:
             "sanity", "Spearman correlation of each method's maps with the original model's as "
             "the layers are randomised from the top: a map that ignores the model stays near 1",
             lambda: explain_figures.sanity_curves(found.sanity), group="quality"))
-    return section
-
-
-def _latent(results: RunResults) -> Section:
-    """Seed 003's map of the run's ensemble: the latent page's maps and shares."""
-    found = results.latent
-    section = Section("latent", "Where in latent space is the model unsure?", "Latent map",
-                      context={"latent": found})
-    if found is not None:
-        section.jobs = latent_page.map_jobs(found)
-        section.context.update(bound=f"{found.bound:g}",
-                               shares=latent_page.shares_table(found, "latent-shares"))
-    return section
-
-
-def _influence(results: RunResults) -> Section:
-    """Seed 004's maps of the run's ensemble: the influence page's, without its curves."""
-    found = results.influence
-    section = Section("influence", "Which pixels move the predictions, the performance and the "
-                      "uncertainty?", "Influence", context={"influence": found})
-    if found is not None:
-        section.jobs = [job for jobs in influence_page.map_jobs(found).values() for job in jobs]
-        section.context.update(images=found.header.get("images", "the"),
-                               alpha=found.header.get("alpha", ALPHA))
     return section
 
 

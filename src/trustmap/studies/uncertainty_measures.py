@@ -1,9 +1,9 @@
 """Seeds 000 and 003 made rigorous: which uncertainty measure, under which predictive, tells
 in-distribution inputs from out-of-distribution and adversarial ones — measured by AUROC.
 
-``run(config)`` trains (or reuses) an ensemble, scores every test set under every predictive
-with every measure, evaluates detection, calibration and adversarial detection, and writes
-``report.html``, ``metrics.json`` and ``per_sample.parquet`` into ``runs/<name>/``.
+``UncertaintyStudy.compute`` trains (or reuses) an ensemble, scores every test set under every
+predictive with every measure and evaluates detection, calibration and adversarial detection;
+``write`` draws ``report.html`` and writes ``per_sample.parquet`` into ``runs/<name>/``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,12 @@ from trustmap.evaluate.calibration import (
 from trustmap.evaluate.ood import detection_metrics, misclassification_metrics
 from trustmap.explain import disagreement
 from trustmap.predictive import Prediction
-from trustmap.report.results import InfluenceResults, RunResults, SetId
-from trustmap.studies.base import Log, RunContext, TensorCache, ensemble_spec
+from trustmap.report import page
+from trustmap.report.results import RunResults, SetId
+from trustmap.studies import run_page
+from trustmap.studies.base import Log, RunContext, Study, TensorCache, ensemble_spec
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
-from trustmap.studies.run_page import write_report
-from trustmap.training import EnsembleRun, split_validation, write_json
+from trustmap.training import EnsembleRun, split_validation
 from trustmap.uncertainty import MEASURES, compute
 
 
@@ -204,6 +205,7 @@ class UncertaintyStudy:
     name = "uncertainty"
     title = "Uncertainty, detection, calibration and explanations"
     run_preset: dict[str, Any] = {}
+    template = run_page.TEMPLATE
 
     def compute(self, ctx: RunContext) -> RunResults:
         settings = ctx.settings
@@ -237,7 +239,7 @@ class UncertaintyStudy:
                                               predictions[name], settings)
                     for kind, values in made.items():
                         scores[name][kind].update(values)
-        explanations = explanation_results(ctx, members, sets, measures)
+        explanations = explanation_results(ctx, members, sets, measures, cache)
 
         # adversarial sets are also ranked as OOD sets; their noise controls only as negatives
         ood_names = [n for n in sets if SetId.parse(n, id_name).role in ("ood", "adversarial")]
@@ -268,16 +270,31 @@ class UncertaintyStudy:
             )
         return results
 
-    def write(self, results: RunResults, ctx: RunContext) -> Path:
-        """``report.html``, ``per_sample.parquet`` and ``metrics.json`` of the run."""
-        ctx.out.mkdir(parents=True, exist_ok=True)
-        write_atomic(ctx.out / "per_sample.parquet",
+    def sections(self, results: RunResults) -> list[page.Section]:
+        return run_page.sections(results)
+
+    def metrics(self, results: RunResults) -> dict[str, Any]:
+        """Every table but the per-sample one (that is ``per_sample.parquet``)."""
+        def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+            return json.loads(frame.to_json(orient="records"))
+
+        found = results.explanations
+        return {"ood": records(results.ood),
+                "misclassification": records(results.misclassification),
+                "calibration": records(results.calibration),
+                "adversarial": records(results.adversarial),
+                "explanations": None if found is None else {
+                    "predictive": found.predictive, "measures": found.measures,
+                    "aopc": records(found.aopc), "sanity": records(found.sanity)}}
+
+    def write(self, results: RunResults, out: Path,
+              beside: Sequence[tuple[Study, Any]] = ()) -> Path:
+        """``report.html`` (with the sections of the studies ``beside``) and
+        ``per_sample.parquet``."""
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "per_sample.parquet",
                      lambda tmp: results.per_sample.to_parquet(tmp, index=False))
-        with ctx.timed("drawing"):
-            report = write_report(results, ctx.out)
-        results.header["seconds"] = ctx.timings
-        write_json(ctx.out / "metrics.json", metrics(results))
-        return report
+        return run_page.write_report(results, out, beside=beside)
 
 
 def _check_patch(patch: int, train: Dataset) -> None:
@@ -307,30 +324,3 @@ def _header(ctx: RunContext, ensemble: EnsembleRun, sets: dict[str, Dataset],
                      for name, d in sets.items()},
         "skipped": skipped,
     }
-
-
-def metrics(results: RunResults) -> dict[str, Any]:
-    """What ``metrics.json`` keeps of a run: every table but the per-sample one."""
-    def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-        return json.loads(frame.to_json(orient="records"))
-    return {"header": results.header, "ood": records(results.ood),
-            "misclassification": records(results.misclassification),
-            "calibration": records(results.calibration),
-            "adversarial": records(results.adversarial),
-            "latent": None if results.latent is None else records(results.latent.shares),
-            "influence": None if results.influence is None else _influence_metrics(
-                results.influence),
-            "explanations": None if results.explanations is None else {
-                "predictive": results.explanations.predictive,
-                "measures": results.explanations.measures,
-                "aopc": records(results.explanations.aopc),
-                "sanity": records(results.explanations.sanity)}}
-
-
-def _influence_metrics(found: InfluenceResults) -> dict[str, Any]:
-    changes = {**found.performance, **found.uncertainty}
-    return {"images": found.header["images"], "projection": found.projection,
-            "max_abs_influence": dict(zip(found.classes, found.influence.abs().flatten(1)
-                                          .amax(1).tolist(), strict=True)),
-            "max_abs_change": {name: float(change.abs().max())
-                               for name, change in changes.items()}}
