@@ -10,7 +10,7 @@ import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import pandas as pd
 import torch
@@ -21,6 +21,9 @@ from rich.table import Table
 import trustmap
 from trustmap.atomic import write_atomic
 from trustmap.errors import ConfigError, TrustmapError
+
+if TYPE_CHECKING:  # the settings module is imported only when a command runs
+    from trustmap.studies.settings import RunSettings
 
 app = typer.Typer(help="trustmap: where an image classifier looks, and how much to trust it.",
                   no_args_is_help=True, add_completion=False)
@@ -118,12 +121,11 @@ def redraw(
         console.print(f"report: {page}")
 
 
-def _study(name: str, out: Path | None, default_out: str, config: Path | None,
-           overrides: dict[str, Any], quiet: bool, command: str) -> None:
-    """Load the settings of study ``name``, run it, and print where its page is."""
-    from trustmap.studies.registry import load_settings, run_study
+def _study(name: str, settings: RunSettings, out: Path | None, default_out: str,
+           config: Path | None, quiet: bool, command: str) -> None:
+    """Run study ``name`` with its loaded ``settings``, and print where its page is."""
+    from trustmap.studies.registry import run_study
 
-    settings = load_settings(name, config, overrides)
     target = out if out is not None else Path("runs") / default_out
     started = time.perf_counter()
     report = run_study(name, settings, target, progress=not quiet, log=_log(quiet),
@@ -168,8 +170,9 @@ def study_recurrent(
                         architectures=_names(architectures), methods=_names(methods))}
     from trustmap.studies.registry import load_settings
 
-    shown = data or load_settings("recurrent", config, overrides).recurrent.data
-    _study("recurrent", out, f"recurrent-{shown}", config, overrides, quiet,
+    settings = load_settings("recurrent", config, overrides)
+    shown = settings.recurrent.data
+    _study("recurrent", settings, out, f"recurrent-{shown}", config, quiet,
            f"trustmap study recurrent --data {shown}"
            + (f" --epochs {epochs}" if epochs is not None else ""))
 
@@ -208,8 +211,9 @@ def study_latent(
                         pairs=pairs)}
     from trustmap.studies.registry import load_settings
 
-    shown = load_settings("latent", config, overrides).data.in_distribution
-    _study("latent", out, f"latent-{shown}", config, overrides, quiet,
+    settings = load_settings("latent", config, overrides)
+    shown = settings.data.in_distribution
+    _study("latent", settings, out, f"latent-{shown}", config, quiet,
            f"trustmap study latent --data {shown}")
 
 
@@ -244,7 +248,7 @@ def study_influence(
 
     settings = load_settings("influence", config, overrides)
     shown = settings.data.in_distribution
-    _study("influence", out, f"influence-{shown}", config, overrides, quiet,
+    _study("influence", settings, out, f"influence-{shown}", config, quiet,
            f"trustmap study influence --data {shown} --architecture "
            f"{settings.influence.architecture}")
 

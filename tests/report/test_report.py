@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
@@ -198,14 +199,19 @@ def test_roc_legend_is_sklearn_auroc_with_ood_as_positives(results: RunResults) 
 
 def test_extreme_inputs_show_the_most_uncertain_first(results: RunResults) -> None:
     figure = figures.extreme_inputs(results, "letters", "ensemble", "entropy")
-    titles = [a.get_title() for a in figure.axes]
+    most, least = figure.axes
+    captions = [[text.get_text() for text in axis.texts] for axis in (most, least)]
+    mosaic = most.get_images()[0].get_array()
     plt.close(figure)
     rows = results.per_sample[results.per_sample["dataset"] == "letters"]
     ranked = rows.sort_values("ensemble:entropy", ascending=False)
     top, bottom = ranked.iloc[0], ranked.iloc[-1]
-    assert len(titles) == 32
-    assert titles[0] == f"pred {top['ensemble:predicted']}\n{top['ensemble:entropy']:.3f}"
-    assert titles[16] == f"pred {bottom['ensemble:predicted']}\n{bottom['ensemble:entropy']:.3f}"
+    assert [len(found) for found in captions] == [16, 16]
+    assert captions[0][0] == f"pred {top['ensemble:predicted']}\n{top['ensemble:entropy']:.3f}"
+    assert captions[1][0] == \
+        f"pred {bottom['ensemble:predicted']}\n{bottom['ensemble:entropy']:.3f}"
+    first = results.images["letters"][int(top["index"])][0].clamp(0, 1).numpy()
+    assert np.allclose(mosaic[:first.shape[0], :first.shape[1]], first)  # the first tile
 
 
 def test_explanation_section_answers_seed_000_and_shows_faithfulness(page: Page) -> None:

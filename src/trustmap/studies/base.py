@@ -230,9 +230,15 @@ class Study(Protocol):
     title: str
     results_type: type
     """What ``compute`` returns; saved beside the page so it can be drawn again."""
+    settings_type: type[Section] | None
+    """Its table of the settings file (None: it reads the run's own tables)."""
+    in_run: bool
+    """Whether ``trustmap run`` may compute it (``studies = [...]``) and show its sections."""
     run_preset: dict[str, Any]
     """Settings it takes inside ``trustmap run`` unless the file says otherwise (smaller maps
     than the study alone draws, or the run's own ensemble)."""
+    alone_preset: dict[str, Any]
+    """Settings it takes as ``trustmap study NAME`` unless the file says otherwise."""
     template: str
     """The template holding its sections' macros (and ``study``, its heading on the run's page)."""
 

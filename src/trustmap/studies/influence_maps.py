@@ -121,6 +121,10 @@ class InfluenceStudy:
     """``trustmap study influence``: one projection of the test set, every map from it."""
 
     results_type = InfluenceResults
+    settings_type = InfluenceSettings
+    in_run = True
+    alone_preset: dict[str, Any] = {"data": {"max_per_set": 0}}
+    """Alone: every test image, not the run's first 1,000."""
     name = "influence"
     title = "Influence and performance maps by entropic projection"
     run_preset = RUN_PRESET

@@ -181,6 +181,10 @@ class LatentStudy:
     """``trustmap study latent``: the maps of every architecture, and the interpolations."""
 
     results_type = LatentResults
+    settings_type = LatentSettings
+    in_run = True
+    alone_preset: dict[str, Any] = {"data": {"max_per_set": 0}}
+    """Alone: every test image, not the run's first 1,000."""
     name = "latent"
     title = "Where in latent space is the model unsure"
     run_preset = RUN_PRESET

@@ -180,6 +180,9 @@ class RecurrentStudy:
     """``trustmap study recurrent``: every architecture, every method, scored in the region."""
 
     results_type = RecurrentResults
+    settings_type = RecurrentSettings
+    in_run = False
+    alone_preset: dict[str, Any] = {}
     name = "recurrent"
     title = "Which explanation for which recurrent network"
     run_preset: dict[str, Any] = {}

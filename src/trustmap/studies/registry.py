@@ -1,8 +1,9 @@
 """Every study by name, the settings file they share, and the two ways to run them.
 
-Adding a study is one module (its settings table, ``compute``, ``write``) and one line in
-``STUDIES``. ``trustmap run`` computes the studies its settings enable on one context and
-draws one page; ``trustmap study NAME`` computes one and writes its own page.
+Adding a study is one module (its settings table, ``compute``, ``sections``, ``metrics``,
+``write``; its page's layout in a template) and one line in ``STUDIES``. ``trustmap run``
+computes the studies its settings enable on one context and draws one page; ``trustmap study
+NAME`` computes one and writes its own page.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from trustmap.errors import CheckpointError, ConfigError, did_you_mean
 from trustmap.report.results import RunResults
 from trustmap.studies import settings as loader
 from trustmap.studies.base import Log, RunContext, Study, quiet
-from trustmap.studies.influence_maps import InfluenceSettings, InfluenceStudy
-from trustmap.studies.latent_maps import LatentSettings, LatentStudy
-from trustmap.studies.recurrent_relevance import RecurrentSettings, RecurrentStudy
+from trustmap.studies.influence_maps import InfluenceStudy
+from trustmap.studies.latent_maps import LatentStudy
+from trustmap.studies.recurrent_relevance import RecurrentStudy
 from trustmap.studies.settings import RunSettings
 from trustmap.studies.uncertainty_measures import UncertaintyStudy
 from trustmap.training import write_json
@@ -31,12 +32,12 @@ STUDIES: dict[str, Study] = {
     "influence": InfluenceStudy(),
     "recurrent": RecurrentStudy(),
 }
-IN_RUN_PAGE = ("uncertainty", "latent", "influence")
-"""The studies the run's page has a section for (the recurrent study has only its own page)."""
+"""Every study by name: the one place a new study is added."""
 
 
 def _studies_known(settings: RunSettings) -> RunSettings:
-    loader.allowed("studies", settings.studies, IN_RUN_PAGE)
+    loader.allowed("studies", settings.studies,
+                   [name for name, study in STUDIES.items() if study.in_run])
     if "uncertainty" not in settings.studies:
         raise ConfigError("studies must include 'uncertainty': the run's page is built on it")
     return settings
@@ -45,17 +46,10 @@ def _studies_known(settings: RunSettings) -> RunSettings:
 Settings = create_model(
     "Settings", __base__=RunSettings,
     __validators__={"studies_known": model_validator(mode="after")(_studies_known)},
-    latent=(LatentSettings, LatentSettings()),
-    influence=(InfluenceSettings, InfluenceSettings()),
-    recurrent=(RecurrentSettings, RecurrentSettings()),
+    **{name: (study.settings_type, study.settings_type()) for name, study in STUDIES.items()
+       if study.settings_type is not None},
 )
 """Every table of the settings file: the run's own and one per study."""
-
-STANDALONE: dict[str, dict[str, Any]] = {
-    "latent": {"data": {"max_per_set": 0}},
-    "influence": {"data": {"max_per_set": 0}},
-}
-"""Settings a study takes when run alone: every test image, not the run's first 1,000."""
 
 
 def run_preset() -> dict[str, Any]:
@@ -71,7 +65,7 @@ def load_settings(study: str | None = None, path: Path | str | None = None,
     if study is not None and study not in STUDIES:
         raise ConfigError(f"unknown study {study!r}{did_you_mean(study, STUDIES)}; "
                           f"choose from {', '.join(STUDIES)}")
-    preset = run_preset() if study is None else STANDALONE.get(study, {})
+    preset = run_preset() if study is None else STUDIES[study].alone_preset
     return loader.load(Settings, path, preset, overrides)
 
 

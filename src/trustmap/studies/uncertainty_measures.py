@@ -202,6 +202,9 @@ class UncertaintyStudy:
     with the explanation section (seeds 000 and 001) on the same ensemble."""
 
     results_type = RunResults
+    settings_type = None
+    in_run = True
+    alone_preset: dict[str, Any] = {}
     name = "uncertainty"
     title = "Uncertainty, detection, calibration and explanations"
     run_preset: dict[str, Any] = {}
