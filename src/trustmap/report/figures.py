@@ -212,12 +212,11 @@ def extreme_inputs(results: RunResults, dataset: str, predictive: str, measure: 
         pictures = plot.images(images[chosen], f"images[{dataset!r}]", 4, "[N, C, H, W]")
         height, width = pictures.shape[1:3]
         gap_x, gap_y = width // 4, height // 2  # room for two caption lines under each tile
-        mosaic = np.ones((lines * (height + gap_y), columns * (width + gap_x),
-                          *pictures.shape[3:]))
-        for place, picture in enumerate(pictures):
-            top, left = place // columns * (height + gap_y), place % columns * (width + gap_x)
-            mosaic[top:top + height, left:left + width] = picture
-        plot.show_image(axis, mosaic)
+        tiles = np.pad(pictures, [(0, lines * columns - len(pictures)), (0, gap_y), (0, gap_x)]
+                       + [(0, 0)] * (pictures.ndim - 3), constant_values=1.0)
+        tiles = tiles.reshape(lines, columns, *tiles.shape[1:]).swapaxes(1, 2)
+        plot.show_image(axis, tiles.reshape(lines * (height + gap_y), columns * (width + gap_x),
+                                            *pictures.shape[3:]))
         for place, (_, row) in enumerate(block.iterrows()):
             predicted = int(row[sample_column(predictive, "predicted")])
             axis.text(place % columns * (width + gap_x) + width / 2,

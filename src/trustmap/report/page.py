@@ -10,6 +10,7 @@ anywhere keeps the earlier page and every figure it points at.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import multiprocessing
@@ -113,8 +114,8 @@ class Section:
             yield from part.walk()
 
 
-def study_section(name: str, title: str, nav: str, template: str, parts: list[Section],
-                  context: Mapping[str, Any] | None = None) -> Section:
+def study_section(name: str, title: str, nav: str, template: str, parts: list[Section]
+                  ) -> Section:
     """A study's sections shown inside another page, under one heading: their ids prefixed
     with the study's name, so they cannot clash with the page's own, each still laid out by
     its macro in the study's ``template``; the heading's own macro is ``study`` there."""
@@ -122,8 +123,7 @@ def study_section(name: str, title: str, nav: str, template: str, parts: list[Se
         for inner in part.walk():
             inner.macro, inner.id = inner.macro or inner.id, f"{name}-{inner.id}"
             inner.template = inner.template or template
-    return Section(name, title, nav, context=dict(context or {}), template=template,
-                   macro="study", parts=parts)
+    return Section(name, title, nav, template=template, macro="study", parts=parts)
 
 
 @dataclass
@@ -232,7 +232,7 @@ def _check_unique_ids(sections: Sequence[Section]) -> None:
     ids = [part.id for section in sections for part in section.walk()]
     ids += [f"table-{table.id}" for section in sections for part in section.walk()
             for table in part.context.values() if isinstance(table, Table)]
-    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    repeated = sorted(i for i, count in collections.Counter(ids).items() if count > 1)
     if repeated:
         raise ValueError(f"the page has the ids {repeated} more than once; rename a section "
                          "or a table")

@@ -82,6 +82,14 @@ class TensorCache:
         return found if found is not None else self.store(key, compute())
 
 
+def data_key(dataset: Dataset) -> dict[str, Any]:
+    """What identifies a dataset in a cache key: name, split, size, provenance and a checksum
+    of its pixels, so a changed file or a different cut misses the cache."""
+    return {"set": dataset.name, "split": dataset.split, "n": len(dataset),
+            "provenance": dataset.provenance,
+            "checksum": float(dataset.images.double().sum())}
+
+
 def ensemble_spec(model: ModelSettings, seed: int, name: str | None = None,
                   members: int | None = None, epochs: int | None = None) -> RunSpec:
     """The training run of ``[model]``, or of another zoo model trained the same way."""
@@ -155,12 +163,10 @@ class RunContext:
             dropout = any(isinstance(m, nn.Dropout) for m in ensemble.members[0].modules())
             kinds = [k for k in settings.kinds if dropout or k in ("single", "ensemble")]
         cache = self.cache(ensemble)
+        data = data_key(dataset)
 
         def key(kind: str) -> dict[str, Any]:
-            return {"set": dataset.name, "split": dataset.split, "n": len(dataset),
-                    "provenance": dataset.provenance, "kind": kind,
-                    "mc_samples": settings.mc_samples, "seed": self.seed,
-                    "checksum": float(dataset.images.double().sum())}
+            return {**data, "kind": kind, "mc_samples": settings.mc_samples, "seed": self.seed}
 
         found = {kind: cache.load(key(kind)) for kind in kinds}
         missing = [kind for kind, tensors in found.items() if tensors is None]

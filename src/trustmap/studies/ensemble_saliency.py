@@ -31,7 +31,7 @@ from trustmap.explain.methods import get
 from trustmap.explain.reduce import reduce
 from trustmap.predictive import Prediction, Predictive, make_predictive
 from trustmap.report.results import ExplanationResults, SetId
-from trustmap.studies.base import RunContext, TensorCache
+from trustmap.studies.base import RunContext, TensorCache, data_key
 from trustmap.studies.settings import RunSettings
 
 
@@ -46,14 +46,13 @@ def explanation_scores(cache: TensorCache, measures: list[str], members: list[nn
     """
     grouped = disagreement.by_method([m for m in measures if m in disagreement.MEASURES])
     out: dict[str, dict[str, torch.Tensor]] = {}
+    data = data_key(dataset)
     for kind in config.explained_kinds:
         predictive = make_predictive(kind, members, config.predictives.mc_samples, config.seed)
         out[kind] = {}
         for method, names in grouped.items():
-            key = {"explained": dataset.name, "n": len(dataset), "kind": kind, "method": method,
-                   "measures": names, "mc_samples": config.predictives.mc_samples,
-                   "seed": config.seed, "provenance": dataset.provenance,
-                   "checksum": float(dataset.images.double().sum())}
+            key = {**data, "explained": kind, "method": method, "measures": names,
+                   "mc_samples": config.predictives.mc_samples, "seed": config.seed}
             out[kind].update(cache.get(key, functools.partial(
                 _disagreement, method, names, predictive, dataset.images, predictions[kind])))
     return out
@@ -123,6 +122,7 @@ def _faithfulness(model: nn.Module, test: Dataset, config: RunSettings, cache: T
     with torch.no_grad():
         target = model(x).argmax(1)
     patch, seed = config.explanations.patch, config.seed
+    data = data_key(test)
 
     @functools.cache
     def maps_of(method: str) -> torch.Tensor:  # MoRF and LeRF read the same maps
@@ -135,10 +135,8 @@ def _faithfulness(model: nn.Module, test: Dataset, config: RunSettings, cache: T
                                         seed=seed)
             return {"logits": found.logits, "probs": found.probs, "predicted": found.predicted}
 
-        made = cache.get({"faithfulness": method, "order": order, "set": test.name,
-                          "n": len(x), "patch": patch, "seed": seed,
-                          "provenance": test.provenance,
-                          "checksum": float(x.double().sum())}, perturb)
+        made = cache.get({**data, "first": len(x), "faithfulness": method, "order": order,
+                          "patch": patch, "seed": seed}, perturb)
         return PerturbationCurve(order, patch, made["logits"], made["probs"], made["predicted"])
 
     curves: dict[str, list[PerturbationCurve]] = {

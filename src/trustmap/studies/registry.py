@@ -98,9 +98,14 @@ def run_study(name: str, settings: RunSettings, out: Path, progress: bool = True
     results = study.compute(ctx)
     results.header["seconds"] = ctx.timings
     persist.save(results, out / RESULTS_DIR, name)
+    return _draw_alone(study, results, ctx)
+
+
+def _draw_alone(study: Study, results: Any, ctx: RunContext) -> Path:
+    """A study's own page and ``metrics.json``, the drawing timed like the rest."""
     with ctx.timed("drawing"):
-        page = study.write(results, out)
-    write_json(out / "metrics.json", {**study.metrics(results), "header": results.header})
+        page = study.write(results, ctx.out)
+    write_json(ctx.out / "metrics.json", {**study.metrics(results), "header": results.header})
     return page
 
 
@@ -136,11 +141,8 @@ def redraw(out: Path, log: Log = quiet) -> list[Path]:
     for name in alone:
         study = STUDIES[name]
         results = persist.load(study.results_type, saved, name)
-        ctx = _context(out, results.header, log)
         log(f"drawing {name} again from {saved}")
-        with ctx.timed("drawing"):
-            pages.append(study.write(results, out))
-        write_json(out / "metrics.json", {**study.metrics(results), "header": results.header})
+        pages.append(_draw_alone(study, results, _context(out, results.header, log)))
     return pages
 
 

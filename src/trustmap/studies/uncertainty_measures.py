@@ -44,7 +44,14 @@ from trustmap.predictive import Prediction
 from trustmap.report import page
 from trustmap.report.results import RunResults, SetId
 from trustmap.studies import run_page
-from trustmap.studies.base import Log, RunContext, Study, TensorCache, ensemble_spec
+from trustmap.studies.base import (
+    Log,
+    RunContext,
+    Study,
+    TensorCache,
+    data_key,
+    ensemble_spec,
+)
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
 from trustmap.training import EnsembleRun, split_validation
 from trustmap.uncertainty import MEASURES, compute
@@ -96,8 +103,8 @@ def _adversarial_sets(ctx: RunContext, members: list[nn.Module], clean: Dataset,
                 name, noise_name = str(identity), str(identity.noise)
                 attack_now = functools.partial(_attack, forward, attack, epsilon, x, y,
                                                adv.steps, seed, ctx.log, attacked)
-                made = cache.get({"set": name, "n": len(x), "steps": adv.steps,
-                                  "seed": seed, "data": clean.provenance}, attack_now)
+                made = cache.get({**data_key(clean), "attack": name, "first": len(x),
+                                  "steps": adv.steps, "seed": seed}, attack_now)
                 x_adv, noisy = made["adversarial"], made["noise"]
                 note = f"{attack} (L-inf, eps {epsilon:g}) against the {attacked} model"
                 provenance = {"source": {"attacked": clean.name, "attack": note},
