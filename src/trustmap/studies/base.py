@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import pandas as pd
+import pyarrow
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -51,9 +53,9 @@ class TensorCache:
         self.hits = 0  # tensors found from an earlier command, not those this one stored
         self._stored: set[Path] = set()
 
-    def _path(self, key: dict[str, Any]) -> Path:
+    def _path(self, key: dict[str, Any], suffix: str = ".safetensors") -> Path:
         text = json.dumps({"scope": self.scope, **key}, sort_keys=True, default=str)
-        return self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.safetensors"
+        return self.directory / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}{suffix}"
 
     def load(self, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         """The tensors stored under ``key``, or None (a damaged file counts as none)."""
@@ -80,6 +82,35 @@ class TensorCache:
         """The tensors under ``key``, computed and stored first if they are not there."""
         found = self.load(key)
         return found if found is not None else self.store(key, compute())
+
+    def frames(self, key: dict[str, Any], names: Sequence[str],
+               compute: Callable[[], dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+        """The tables ``names`` under ``key``, computed and stored first if any is missing.
+
+        For tables derived from cached tensors that are slow to rebuild (thousands of AUROCs);
+        parquet keeps every float bit and dtype, so a table read back equals the one computed.
+        """
+        paths = {name: self._path({**key, "table": name}, ".parquet") for name in names}
+        try:
+            found = {name: pd.read_parquet(path) for name, path in paths.items()}
+        except (OSError, ValueError, pyarrow.ArrowException):  # missing or damaged
+            made = compute()
+            for name, path in paths.items():
+                write_atomic(path, lambda tmp, frame=made[name]: frame.to_parquet(tmp))
+                self._stored.add(path)
+            return made
+        self.hits += any(path not in self._stored for path in paths.values())
+        return found
+
+
+def digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A checksum of names, dtypes, shapes and bytes: the key of results derived from exactly
+    these tensors, whichever settings or cache entries produced them."""
+    hashed = hashlib.sha256()
+    for name, tensor in named:
+        hashed.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        hashed.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return hashed.hexdigest()
 
 
 def data_key(dataset: Dataset) -> dict[str, Any]:

@@ -53,8 +53,10 @@ def explanation_scores(cache: TensorCache, measures: list[str], members: list[nn
         for method, names in grouped.items():
             key = {**data, "explained": kind, "method": method, "measures": names,
                    "mc_samples": config.predictives.mc_samples, "seed": config.seed}
-            out[kind].update(cache.get(key, functools.partial(
-                _disagreement, method, names, predictive, dataset.images, predictions[kind])))
+            found = cache.get(key, functools.partial(
+                _disagreement, method, names, predictive, dataset.images, predictions[kind]))
+            # in the measures' order: a cache file gives its tensors back sorted by name
+            out[kind].update({name: found[name] for name in names})
     return out
 
 

@@ -28,7 +28,7 @@ import trustmap
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.evaluate import latent
-from trustmap.predictive import Predictive, make_predictive
+from trustmap.predictive import Prediction, Predictive, make_predictive
 from trustmap.report import page
 from trustmap.report.results import MIDPOINT_COLUMNS, LatentResults
 from trustmap.studies import latent_page
@@ -138,16 +138,25 @@ def latent_plane(vae: nn.Module, test: Dataset, resolution: int, bound: float,
                        latent.distance_to_data(codes, grid.z))
 
 
-def score_grid(architecture: str, plane: LatentPlane, predictives: Mapping[str, Predictive],
+def grid_set(plane: LatentPlane, test: Dataset) -> Dataset:
+    """The decoded grid as a dataset (labels are placeholders: a grid point has no class), so
+    its forward passes go through the run's cache like those of any test set."""
+    images = plane.grid.images.cpu()
+    return Dataset(f"latent-grid-of-{test.name}", "grid", images,
+                   torch.zeros(len(images), dtype=torch.int64), test.classes,
+                   {"decoded from": "a VAE trained on the in-distribution training split"})
+
+
+def score_grid(architecture: str, plane: LatentPlane, predictions: Mapping[str, Prediction],
                measures: list[str], thresholds: Mapping[str, float]) -> GridScores:
     """Every measure of the decoded grid under every predictive, and per predictive the share
     below ``thresholds[kind]`` (the ID test set's median entropy) and the confident far points."""
-    scored = latent.score_images(plane.grid.images, predictives, measures)
     result = GridScores()
-    for kind in predictives:
-        result.predicted[kind] = scored.predicted[kind].cpu()
+    for kind, prediction in predictions.items():
+        result.predicted[kind] = prediction.predicted.cpu()
+        scores = compute(prediction, measures)
         for measure in measures:
-            result.maps[kind, measure] = scored.scores[kind][measure].cpu()
+            result.maps[kind, measure] = scores[measure].cpu()
         entropy = result.maps[kind, THRESHOLD_MEASURE]
         share = latent.low_uncertainty_share(entropy, plane.near, thresholds[kind])
         result.shares.append({"architecture": architecture, "predictive": kind,
@@ -213,7 +222,8 @@ class LatentStudy:
                 on_test = ctx.predict(ensemble, test, list(predictives))  # the run's, if run
                 thresholds = {kind: float(compute(on_test[kind], [THRESHOLD_MEASURE])
                                           [THRESHOLD_MEASURE].median()) for kind in predictives}
-                grid_scores = score_grid(architecture, plane, predictives, measures, thresholds)
+                on_grid = ctx.predict(ensemble, grid_set(plane, test), list(predictives))
+                grid_scores = score_grid(architecture, plane, on_grid, measures, thresholds)
                 maps.update({(architecture, *key): value
                              for key, value in grid_scores.maps.items()})
                 predicted.update({(architecture, k): v for k, v in grid_scores.predicted.items()})

@@ -50,6 +50,7 @@ from trustmap.studies.base import (
     Study,
     TensorCache,
     data_key,
+    digest,
     ensemble_spec,
 )
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
@@ -204,6 +205,30 @@ def _adversarial_table(adversarial: list[SetId], clean_name: str, n: int,
         columns=columns)
 
 
+def _detection_tables(cache: TensorCache, id_name: str, ood_names: list[str],
+                      adversarial: list[SetId], n: int, kinds: list[str], measures: list[str],
+                      id_set: Dataset, predictions: dict[str, dict[str, Prediction]],
+                      scores: dict[str, dict[str, dict[str, torch.Tensor]]]
+                      ) -> dict[str, pd.DataFrame]:
+    """The OOD, misclassification and adversarial tables, kept in the cache under a digest of
+    every score, prediction and label they read: thousands of AUROCs that a rerun on the same
+    scores would only compute again."""
+    inputs = [("labels", id_set.labels)]
+    inputs += [(f"{name}/{kind}/predicted", p.predicted)
+               for name, by_kind in predictions.items() for kind, p in by_kind.items()]
+    inputs += [(f"{name}/{kind}/{measure}", values) for name, by_kind in scores.items()
+               for kind, by_measure in by_kind.items() for measure, values in by_measure.items()]
+    key = {"tables": "detection", "id": id_name, "ood": ood_names,
+           "adversarial": [str(a) for a in adversarial], "n": n, "kinds": kinds,
+           "measures": measures, "inputs": digest(inputs)}
+    return cache.frames(key, ("ood", "misclassification", "adversarial"), lambda: {
+        "ood": _ood_table(id_name, ood_names, kinds, measures, scores),
+        "misclassification": _misclassification_table(id_set, kinds, measures,
+                                                      predictions[id_name], scores[id_name]),
+        "adversarial": _adversarial_table(adversarial, id_name, n, kinds, measures, id_set,
+                                          predictions, scores)})
+
+
 class UncertaintyStudy:
     """The run's core: which measure, under which predictive, flags OOD and adversarial inputs;
     with the explanation section (seeds 000 and 001) on the same ensemble."""
@@ -259,6 +284,9 @@ class UncertaintyStudy:
             calibration, reliability = _calibration(ctx, ensemble, val, sets[id_name],
                                                     predictions[id_name])
         with ctx.timed("tables"):
+            tables = _detection_tables(cache, id_name, ood_names, adversarial,
+                                       settings.adversarial.n, kinds, measures, sets[id_name],
+                                       predictions, scores)
             results = RunResults(
                 header=_header(ctx, ensemble, sets, skipped),
                 in_distribution=id_name,
@@ -267,14 +295,11 @@ class UncertaintyStudy:
                           for m in measures},
                 per_sample=pd.concat([_per_sample(n, d, predictions[n], scores[n])
                                       for n, d in sets.items()], ignore_index=True),
-                ood=_ood_table(id_name, ood_names, kinds, measures, scores),
-                misclassification=_misclassification_table(
-                    sets[id_name], kinds, measures, predictions[id_name], scores[id_name]),
+                ood=tables["ood"],
+                misclassification=tables["misclassification"],
                 calibration=calibration,
                 reliability=reliability,
-                adversarial=_adversarial_table(adversarial, id_name, settings.adversarial.n,
-                                               kinds, measures, sets[id_name], predictions,
-                                               scores),
+                adversarial=tables["adversarial"],
                 images={name: d.images for name, d in sets.items()},
                 explanations=explanations,
             )
