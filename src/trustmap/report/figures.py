@@ -82,10 +82,11 @@ def measure_histogram(results: RunResults, measure: str, predictive: str) -> Fig
     figure, axis = plt.subplots(figsize=(5.6, 3.4))
     for name in compared_sets(results):
         values = _finite(results.per_sample.loc[results.per_sample["dataset"] == name, column])
-        axis.hist(values, bins=bins, density=True, histtype="stepfilled", alpha=0.3,
-                  color=colours[name])
-        axis.hist(values, bins=bins, density=True, histtype="step", linewidth=1.4,
-                  color=colours[name], label=f"{name} (n={len(values)})")
+        density, _ = np.histogram(values, bins=bins, density=True)
+        # stairs: one path per set (hist's per-bar patches took most of the figure's time)
+        axis.stairs(density, bins, fill=True, alpha=0.3, color=colours[name])
+        axis.stairs(density, bins, linewidth=1.4, color=colours[name],
+                    label=f"{name} (n={len(values)})")
     axis.set_xlabel(f"{measure} (higher = more uncertain)")
     axis.set_ylabel("density")
     axis.set_title(f"{measure} under {predictive}")

@@ -296,12 +296,17 @@ def build_table(table_id: str, frame: pd.DataFrame,
             if values.notna().any():
                 best.loc[index, column] = values == (values.max() if direction > 0
                                                      else values.min())
-    records = list(frame.astype(object).iterrows())  # object: each cell keeps its own type
-    rows = [[Cell(text(record[c]), _sort_key(record[c]), bool(best.at[i, c]),
-                  row_header=c in row_headers) for c in frame.columns]
-            for i, record in records]
-    greyed = [(record.get("predictive"), record.get("measure")) in degenerate
-              for _, record in records]
+    columns = list(frame.columns)
+    headers = [c in row_headers for c in columns]
+    # plain lists, not per-cell pandas lookups (a run's long tables have ~20,000 cells);
+    # object: each cell keeps its own type
+    values, marked = frame.astype(object).to_numpy().tolist(), best.to_numpy().tolist()
+    rows = [[Cell(text(value), _sort_key(value), bool(is_best), row_header=header)
+             for value, is_best, header in zip(row, row_best, headers, strict=True)]
+            for row, row_best in zip(values, marked, strict=True)]
+    where = {c: columns.index(c) for c in ("predictive", "measure") if c in columns}
+    greyed = [tuple(row[where[c]] if c in where else None for c in ("predictive", "measure"))
+              in degenerate for row in values]
     return Table(table_id, [LABELS.get(c, c.replace("_", " ")) for c in frame.columns],
                  [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns], rows, greyed)
 
