@@ -28,3 +28,24 @@ def write_atomic(path: Path | str, write: Callable[[Path], None]) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is named like a temporary file of ``write_atomic``."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def remove_stale_temporaries(directory: Path | str, recursive: bool = False) -> list[Path]:
+    """Delete the temporary files a killed ``write_atomic`` left in ``directory``; return them.
+
+    Call it only where no other trustmap process writes at the same time (the start of a
+    command that owns the directory): a live write's temporary file looks the same.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = directory.rglob(".*.tmp") if recursive else directory.glob(".*.tmp")
+    removed = [path for path in found if path.is_file() and not path.is_symlink()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
