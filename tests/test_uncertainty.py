@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trustmap import uncertainty as u
-from trustmap.errors import ConfigError, DataError
+from trustmap.errors import ConfigError, DataError, ModelError
 from trustmap.predictive import Prediction
 
 # S = 2 samples, N = 3 inputs, K = 3 classes, written out.
@@ -183,12 +183,13 @@ def test_compute_selects_by_name(random_pred) -> None:
     assert torch.equal(scores["msp"], u.msp(random_pred))
 
 
-@pytest.mark.parametrize("logits, message", [
-    (torch.zeros(5, 3), r"\[S, N, K\].*shape \(5, 3\)"),
-    (torch.zeros(2, 0, 3), "non-empty"),
-    (torch.zeros(2, 4, 3, dtype=torch.long), "float tensor"),
-    (torch.tensor([[[0.0, float("nan")]]]), "1 NaN or infinite"),
+@pytest.mark.parametrize("logits, error, message", [
+    (torch.zeros(5, 3), DataError, r"\[S, N, K\].*shape \(5, 3\)"),
+    (torch.zeros(2, 0, 3), DataError, "non-empty"),
+    (torch.zeros(2, 4, 3, dtype=torch.long), DataError, "float tensor"),
+    # refused already by Prediction, so no measure ever sees it
+    (torch.tensor([[[0.0, float("nan")]]]), ModelError, "1 of 2 .* not finite"),
 ])
-def test_compute_rejects_bad_predictions(logits, message) -> None:
-    with pytest.raises(DataError, match=message):
+def test_compute_rejects_bad_predictions(logits, error, message) -> None:
+    with pytest.raises(error, match=message):
         u.compute(Prediction(logits))

@@ -355,14 +355,17 @@ def train(
     device: Device = "cpu",
     quiet: Quiet = False,
 ) -> None:
-    """Train an ensemble (resuming an interrupted run) and print its test accuracy."""
+    """Train an ensemble (resuming an interrupted run) and print its test accuracy.
+
+    Every argument is checked before the run directory is created or touched, so a mistake
+    leaves nothing that would refuse the corrected command.
+    """
     from trustmap.data import load
     from trustmap.evaluate.calibration import calibration_metrics
     from trustmap.predictive import Ensemble
     from trustmap.training import RunSpec, TrainConfig, evaluate_logits, fit_ensemble
 
     torch_device = _device(device)
-    train_set, test_set = load(data, "train"), load(data, "test")
     spec = RunSpec(model=model, members=members, seed=seed,
                    train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr,
                                      optimizer=optimizer, weight_decay=weight_decay,
@@ -371,16 +374,21 @@ def train(
                                                    if a and a != "none")),
                    val_fraction=val_fraction,
                    model_kwargs={} if dropout is None else {"dropout": dropout})
+    train_set, test_set = load(data, "train"), load(data, "test")
+    held_out = (f"about {round(len(train_set) * val_fraction)} held out for validation"
+                if val_fraction > 0 else "no validation split")
     console.print(f"training {members} x {model} on {data} ({len(train_set)} images, "
-                  f"{int(len(train_set) * val_fraction)} held out for validation) -> {out}")
+                  f"{held_out}) -> {out}")
 
     def report(index: int, result: Any) -> None:
         if result is None:
             console.print(f"member {index + 1}: finished earlier, loaded from {out}")
         else:
             metrics = result.metrics
-            console.print(f"member {index + 1}: val accuracy {metrics['val_accuracy']:.4f}, "
-                          f"{metrics['seconds']:.1f} s, "
+            accuracy = metrics["val_accuracy"]
+            shown = ("no validation split" if accuracy is None
+                     else f"val accuracy {accuracy:.4f}")
+            console.print(f"member {index + 1}: {shown}, {metrics['seconds']:.1f} s, "
                           f"{metrics['images_per_second']:.0f} images/s")
 
     run = fit_ensemble(spec, train_set, out, progress=not quiet, device=torch_device,
@@ -415,16 +423,23 @@ def predict(
         help="Predictions file, .csv or .parquet (default in the run directory).")] = None,
     device: Device = "cpu",
 ) -> None:
-    """Predict a dataset with a trained run; print accuracy and write one row per input."""
+    """Predict a dataset with a trained run; print accuracy and write one row per input.
+
+    Arguments, the run and the output path are checked before any prediction, and a model
+    whose outputs are not finite is an error, never an accuracy; nothing is written on error.
+    """
     from trustmap.data import load
-    from trustmap.predictive import make_predictive
-    from trustmap.training import load_ensemble
+    from trustmap.predictive import check_predictive, make_predictive
+    from trustmap.training import check_writable, load_ensemble
 
     torch_device = _device(device)
     if out is not None and out.suffix not in (".csv", ".parquet"):
         raise ConfigError(f"--out {out}: use a .csv or .parquet file name")
-    ensemble = load_ensemble(_checkpoints(run), torch_device)
+    check_predictive(predictive, samples)
     dataset = load(data, split)
+    ensemble = load_ensemble(_checkpoints(run), torch_device)
+    path = out or run / f"predictions-{data}-{split}-{predictive}.csv"
+    check_writable(path, folder=False)
     started = time.perf_counter()
     prediction = make_predictive(predictive, ensemble.members, samples, seed).predict(
         dataset.images)
@@ -438,7 +453,6 @@ def predict(
         **{f"p_{name}": column.numpy()
            for name, column in zip(ensemble.classes, prediction.mean_probs.T, strict=True)},
     })
-    path = out or run / f"predictions-{data}-{split}-{predictive}.csv"
     _write_table(frame, path)
     console.print(f"{predictive} of {len(ensemble.members)} member(s), "
                   f"{prediction.sample_probs.shape[0]} samples per input, "
@@ -504,10 +518,10 @@ def explain(
     )
     from trustmap.explain.methods import get
     from trustmap.explain.methods import names as method_names
-    from trustmap.predictive import make_predictive
+    from trustmap.predictive import check_predictive, make_predictive
     from trustmap.report.explain_figures import explanation_grid
     from trustmap.report.figures import save_figure
-    from trustmap.training import load_ensemble
+    from trustmap.training import check_writable, load_ensemble
 
     if list_methods:
         for name in method_names():
@@ -523,8 +537,12 @@ def explain(
         get(method)  # unknown names fail before any work
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
-    ensemble = load_ensemble(_checkpoints(run), _device(device))
+    check_predictive(predictive, samples)
+    torch_device = _device(device)
     dataset = load(data, split)
+    ensemble = load_ensemble(_checkpoints(run), torch_device)
+    folder = out or run / f"explain-{data}-{predictive}"
+    check_writable(folder, folder=True)
     x = dataset.images[:n]
     sampler = make_predictive(predictive, ensemble.members, samples, seed)
     prediction = sampler.predict(x)
@@ -550,7 +568,6 @@ def explain(
         console.print(f"{method}: {maps.shape[0] * maps.shape[1]} maps in {seconds:.2f} s "
                       f"({maps.shape[0] * maps.shape[1] / seconds:,.0f} maps/s), mean rank "
                       f"disagreement {float(rank.mean()):.3f}")
-    folder = out or run / f"explain-{data}-{predictive}"
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "maps.safetensors",
                  lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))

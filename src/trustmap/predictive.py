@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from trustmap.data.dataset import check_images
-from trustmap.errors import ConfigError, ModelError
+from trustmap.errors import ConfigError, ModelError, did_you_mean
 from trustmap.models import channels_last, to_channels_last
 from trustmap.training import forward_in_batches
 
@@ -27,10 +27,22 @@ class Prediction:
     """One pass of a predictive over a batch, with everything derived from it.
 
     Holds the logits of every sample [S, N, K]; probabilities and the rest are derived once,
-    on first use, so every uncertainty measure reads the same forward passes.
+    on first use, so every uncertainty measure reads the same forward passes. Logits that are
+    not finite raise ModelError here, where every predictive and every cached pass comes
+    through: softmax would turn them into NaN probabilities, an argmax of 0 and a vote ratio
+    of 1, and every number after that would look valid.
     """
 
     sample_logits: torch.Tensor  # [S, N, K]
+
+    def __post_init__(self) -> None:
+        finite = torch.isfinite(self.sample_logits)
+        if not finite.all():
+            raise ModelError(f"{int((~finite).sum())} of {finite.numel()} of the model's "
+                             "outputs (logits) are not finite (NaN or inf): its weights diverged "
+                             "or are damaged, or the inputs are far from what it was trained on; "
+                             "retrain it (delete the run's member files and run `trustmap "
+                             "train` again) or check the inputs")
 
     @classmethod
     def from_probs(cls, probs: torch.Tensor) -> Prediction:
@@ -87,7 +99,7 @@ class Predictive(ABC):
         """Logits of every sample, [S, N, K]."""
 
     def sample_probs(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sample_logits(x).softmax(-1)
+        return self.predict(x).sample_probs
 
     def predict(self, x: torch.Tensor) -> Prediction:
         return Prediction(self.sample_logits(x))
@@ -250,6 +262,26 @@ class EnsembleMC(Predictive):
 
 
 PREDICTIVES = ("single", "ensemble", "mc-dropout", "ensemble-mc")
+MC_PREDICTIVES = ("mc-dropout", "ensemble-mc")
+
+
+def _unknown(kind: str) -> ConfigError:
+    return ConfigError(f"unknown predictive {kind!r}{did_you_mean(kind, PREDICTIVES)}; "
+                       f"choose one of {', '.join(PREDICTIVES)}")
+
+
+def check_predictive(kind: str, samples: int) -> None:
+    """ConfigError unless ``kind`` names a predictive and, for the MC ones, ``samples`` asks
+    for at least two passes: one pass has no spread, so its uncertainty would read as zero.
+
+    For commands, to refuse before any model is loaded or file written.
+    """
+    if kind not in PREDICTIVES:
+        raise _unknown(kind)
+    if kind in MC_PREDICTIVES and (isinstance(samples, bool) or not isinstance(samples, int)
+                                   or samples < 2):
+        raise ConfigError(f"samples must be an integer >= 2 for {kind} (dropout passes per "
+                          f"model; one pass has no spread to measure), got {samples!r}")
 
 
 def make_predictive(kind: str, models: Sequence[nn.Module], samples: int = 20, seed: int = 0,
@@ -263,7 +295,7 @@ def make_predictive(kind: str, models: Sequence[nn.Module], samples: int = 20, s
         return MCDropout(models[0], samples, seed, batch_size)
     if kind == "ensemble-mc":
         return EnsembleMC(models, samples, seed, batch_size)
-    raise ConfigError(f"unknown predictive {kind!r}; choose one of {', '.join(PREDICTIVES)}")
+    raise _unknown(kind)
 
 
 def predict_kinds(kinds: Sequence[str], models: Sequence[nn.Module], x: torch.Tensor,
@@ -277,7 +309,8 @@ def predict_kinds(kinds: Sequence[str], models: Sequence[nn.Module], x: torch.Te
     """
     unknown = [k for k in kinds if k not in PREDICTIVES]
     if unknown:
-        raise ConfigError(f"unknown predictive {unknown[0]!r}; "
+        raise ConfigError(f"unknown predictive {unknown[0]!r}"
+                          f"{did_you_mean(unknown[0], PREDICTIVES)}; "
                           f"choose from {', '.join(PREDICTIVES)}")
     out: dict[str, Prediction] = {}
     if {"single", "ensemble"} & set(kinds):

@@ -9,9 +9,12 @@ finished members behind, and ``fit_ensemble`` resumes by skipping them.
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +27,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import trustmap
-from trustmap.atomic import write_atomic
+from trustmap.atomic import remove_stale_temporaries, write_atomic
 from trustmap.data.dataset import Dataset
-from trustmap.errors import CheckpointError, ConfigError
-from trustmap.models import build, channels_last, to_channels_last
+from trustmap.errors import CheckpointError, ConfigError, ModelError, TrustmapError, did_you_mean
+from trustmap.models import build, channels_last, names, to_channels_last
 from trustmap.models.vae import NAME as VAE_NAME
 from trustmap.models.vae import VAE, vae_loss
 from trustmap.models.vae import build as build_vae
@@ -47,6 +50,29 @@ Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """``objective(model, images, labels) -> scalar loss`` for ``fit``; may ignore the labels."""
 
 
+def _check_integer(key: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    """ConfigError unless ``value`` is an int (not a bool) in [minimum, maximum]."""
+    if (isinstance(value, bool) or not isinstance(value, Integral) or value < minimum
+            or (maximum is not None and value > maximum)):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ConfigError(f"{key} must be an integer {bound}, got {value!r}")
+
+
+def _check_real(key: str, value: object, valid: Callable[[float], bool], wanted: str) -> None:
+    """ConfigError unless ``value`` is a finite number for which ``valid`` holds: NaN and inf
+    pass comparisons like ``not x < 0`` and would train weights into NaN."""
+    if (isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value)
+            or not valid(float(value))):
+        raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+
+
+def _check_name(what: str, value: object, choices: Iterable[str], note: str = "") -> None:
+    choices = list(choices)
+    if value not in choices:
+        raise ConfigError(f"{what} {value!r} is not known{did_you_mean(value, choices)}; "
+                          f"choose one of {', '.join(choices)}{note}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one member's training; stored in every checkpoint."""
@@ -61,25 +87,20 @@ class TrainConfig:
     augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer {self.optimizer!r} is not known; "
-                              f"choose one of {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"schedule {self.schedule!r} is not known; "
-                              f"choose one of {', '.join(SCHEDULES)}")
+        _check_name("optimizer", self.optimizer, OPTIMIZERS)
+        _check_name("schedule", self.schedule, SCHEDULES)
+        if isinstance(self.augment, str):
+            raise ConfigError(f"augment must be a sequence of names, got {self.augment!r}")
         object.__setattr__(self, "augment", tuple(self.augment))
-        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
-        if unknown:
-            raise ConfigError(f"augmentation {unknown[0]!r} is not known; choose from "
-                              f"{', '.join(AUGMENTATIONS)} (flip only suits mirror-symmetric "
-                              "classes such as clothing, not digits or letters)")
+        for kind in self.augment:
+            _check_name("augmentation", kind, AUGMENTATIONS,
+                        " (flip only suits mirror-symmetric classes such as clothing, "
+                        "not digits or letters)")
         for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"{key} must be a positive integer, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+            _check_integer(key, getattr(self, key), 1)
+        _check_real("lr", self.lr, lambda v: v > 0, "a finite number > 0")
+        _check_real("weight_decay", self.weight_decay, lambda v: v >= 0, "a finite number >= 0")
+        _check_real("momentum", self.momentum, lambda v: 0 <= v < 1, "a finite number in [0, 1)")
 
     def make_optimizer(self, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
         kwargs: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}
@@ -203,6 +224,9 @@ def fit(
 
     The caller seeds the initialisation (``build`` after ``torch.manual_seed``), so that
     initialisation and data order are two separate, reproducible choices.
+
+    Raises ConfigError as soon as the loss of a batch, or the weights after an epoch, stop
+    being finite numbers: every number computed from them would be NaN.
     """
     if len(train) == 0:
         raise ConfigError(f"training set {train.name!r} is empty")
@@ -220,7 +244,7 @@ def fit(
             model.train()
             order = torch.randperm(len(train), generator=generator)
             total_loss, epoch_start = 0.0, time.perf_counter()
-            for index in order.split(config.batch_size):
+            for batch, index in enumerate(order.split(config.batch_size), start=1):
                 x, y = train.images[index].to(device), train.labels[index].to(device)
                 if config.augment:
                     x = augment_batch(x, config.augment, generator)
@@ -232,9 +256,18 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 scheduler.step()
-                total_loss += loss.item() * len(index)
+                value = loss.item()
+                if not math.isfinite(value):
+                    bar.close()
+                    raise _diverged(description, config,
+                                    f"its loss became {value} in epoch {epoch}, batch {batch}")
+                total_loss += value * len(index)
                 bar.update(1)
             speed = len(train) / (time.perf_counter() - epoch_start)
+            if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+                bar.close()
+                raise _diverged(description, config, f"its weights became NaN or inf in epoch "
+                                                     f"{epoch}")
             val_accuracy = val_nll = val_loss = None
             if val is not None and len(val) > 0:
                 model.eval()
@@ -255,6 +288,13 @@ def fit(
     return result
 
 
+def _diverged(description: str, config: TrainConfig, what: str) -> ConfigError:
+    """The error of a training that diverged: what happened, and what to change."""
+    return ConfigError(f"training ({description}) diverged: {what}, so nothing it learnt was "
+                       f"saved; lower the learning rate (--lr, now {config.lr:g} with "
+                       f"{config.optimizer}) or check the data and the model, then train again")
+
+
 def input_statistics(train: Dataset) -> dict[str, list[float]]:
     """Per-channel mean and std of the training images, for a model's Normalize layer.
 
@@ -267,8 +307,7 @@ def input_statistics(train: Dataset) -> dict[str, list[float]]:
 
 def split_validation(train: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset | None]:
     """Hold out a stratified ``fraction`` of ``train`` (seeded) for validation."""
-    if not 0 <= fraction < 1:
-        raise ConfigError(f"val_fraction must be in [0, 1), got {fraction}")
+    _check_real("val_fraction", fraction, lambda v: 0 <= v < 1, "a number in [0, 1)")
     if fraction == 0:
         return train, None
     generator = torch.Generator().manual_seed(seed)
@@ -277,6 +316,12 @@ def split_validation(train: Dataset, fraction: float, seed: int) -> tuple[Datase
         members = (train.labels == label).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
         is_val[members[: round(fraction * len(members))]] = True
+    held = int(is_val.sum())
+    if held in (0, len(train)):
+        share = "no image" if held == 0 else "every image"
+        raise ConfigError(f"val_fraction {fraction} holds out {share} of the {len(train)} of "
+                          f"{train.name!r}; use 0 for no validation split, or a fraction that "
+                          "leaves images on both sides")
     note = f"stratified validation hold-out: fraction {fraction}, seed {seed}"
     return (train.subset(~is_val, note + " (kept for training)"),
             train.subset(is_val, note + " (held out)"))
@@ -290,15 +335,45 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
                                                   + "\n"))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path, advice: str) -> dict[str, Any]:
+    """The JSON object in ``path``, or a CheckpointError naming it followed by ``advice``."""
     try:
-        return json.loads(path.read_text())
+        payload = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing; is this a trustmap run directory? "
                               "Create one with `trustmap train --out DIR`") from None
-    except json.JSONDecodeError as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON ({error}); the file is damaged — "
-                              "delete the run directory and train again") from None
+                              f"{advice}") from None
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(payload).__name__}, not an object; "
+                              f"the file is damaged — {advice}")
+    return payload
+
+
+def check_writable(path: Path | str, folder: bool) -> None:
+    """ConfigError unless ``path`` can be written as a folder (``folder``) or as a file.
+
+    Called before anything is written, so that a command refused for its output path leaves
+    nothing behind: the path must not be the other kind, no parent may be a file, and the
+    nearest existing folder must be writable.
+    """
+    path = Path(path)
+    if path.exists():
+        if path.is_dir() != folder:
+            kind, wanted = ("a file", "folder") if folder else ("a folder", "file")
+            raise ConfigError(f"{path} is {kind}; give the path of a {wanted} instead")
+        home = path if folder else path.parent
+    else:
+        home = path.parent
+        while not home.exists():
+            home = home.parent
+        if not home.is_dir():
+            raise ConfigError(f"cannot write {path}: {home} is a file, not a folder; "
+                              "choose another path")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {path}: {home} is not writable for this user; "
+                          "choose another path")
 
 
 def save_member(directory: Path, index: int, model: nn.Module, result: FitResult) -> None:
@@ -316,32 +391,78 @@ def save_member(directory: Path, index: int, model: nn.Module, result: FitResult
     })
 
 
-def load_member(directory: Path, index: int, builder: Callable[..., nn.Module] = build
-                ) -> tuple[nn.Module, dict[str, Any]]:
+def _is_number(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+MEMBER_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "index": lambda v: isinstance(v, int),
+    "seed": lambda v: isinstance(v, int),
+    "model": lambda v: isinstance(v, dict) and isinstance(v.get("name"), str),
+    "history": lambda v: isinstance(v, list),
+    "metrics": lambda v: (isinstance(v, dict) and _is_number(v.get("seconds"))
+                          and (v.get("val_accuracy") is None or _is_number(v["val_accuracy"]))),
+}
+"""What a member JSON must hold, and of which type: the fields its readers use."""
+
+
+def load_member(directory: Path, index: int, builder: Callable[..., nn.Module] = build,
+                expected: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild member ``index`` from its JSON and load its weights strictly.
 
     ``builder(**build_args)`` rebuilds the architecture: the zoo's ``build`` for classifiers,
-    ``trustmap.models.vae.build`` for a VAE.
+    ``trustmap.models.vae.build`` for a VAE. ``expected`` holds build arguments the member
+    must have recorded (the run's model, channels, classes), so that a member of another run
+    copied into the folder is refused rather than mixed in. Raises CheckpointError naming the
+    file for anything missing, damaged, foreign or not finite.
     """
-    meta = _read_json(directory / f"member-{index}.json")
+    path = directory / f"member-{index}.json"
     weights = directory / f"member-{index}.safetensors"
+    advice = (f"delete {path.name} and {weights.name} and run the same `trustmap train` "
+              "command again to train this member anew")
+    meta = _read_json(path, advice)
+    bad = [key for key, valid in MEMBER_FIELDS.items() if key not in meta or not valid(meta[key])]
+    if bad or meta["index"] != index:
+        what = f"no valid {', '.join(map(repr, bad))}" if bad else f"index {meta['index']}"
+        raise CheckpointError(f"{path} records {what}; the file is damaged — {advice}")
+    recorded = meta["model"]
+    foreign = {key: value for key, value in (expected or {}).items()
+               if recorded.get(key) != value}
+    if foreign:
+        found = {key: recorded.get(key) for key in foreign}
+        raise CheckpointError(f"{path} records a member with {found}, but this run's members "
+                              f"have {foreign}: it belongs to another run — {advice}")
     if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing although {weights.with_suffix('.json')} "
-                              "exists; delete that JSON so the member is trained again")
-    model = builder(**meta["model"])
+        raise CheckpointError(f"{weights} is missing although {path.name} exists; {advice}")
     try:
-        model.load_state_dict(load_file(str(weights)), strict=True)
+        model = builder(**recorded)
+    except (TrustmapError, TypeError) as error:
+        raise CheckpointError(f"{path} records a model that cannot be built ({error}); "
+                              f"{advice}") from None
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, SafetensorError) as error:
         raise CheckpointError(f"{weights} is damaged or does not fit the model "
-                              f"{meta['model']} ({error}); "
-                              "delete the member's files so it is trained again") from None
+                              f"{recorded} ({error}); {advice}") from None
+    broken = [key for key, value in state.items()
+              if value.is_floating_point() and not torch.isfinite(value).all()]
+    if broken:
+        raise CheckpointError(f"{weights} holds NaN or inf weights (in {', '.join(broken)}): "
+                              f"the member diverged or the file was damaged, and every "
+                              f"prediction of it would be NaN; {advice}")
     model.eval()
     return model, meta
 
 
 @dataclass
 class RunSpec:
-    """Everything that defines an ensemble run; a resumed run must match it exactly."""
+    """Everything that defines an ensemble run; a resumed run must match it exactly.
+
+    Checked when made, so that a run folder is never claimed for a spec that cannot train:
+    ``model`` must be a zoo name (or "vae"), the numbers in range. The model's options are
+    checked by building it, where the data's channels and classes are known.
+    """
 
     model: str
     members: int
@@ -350,13 +471,33 @@ class RunSpec:
     val_fraction: float = 0.1
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        known = [*names(), VAE_NAME]
+        if self.model not in known:
+            raise ModelError(f"unknown model {self.model!r}{did_you_mean(self.model, known)}; "
+                             f"known models: {', '.join(names())} (see `trustmap models list`)")
+        _check_integer("members", self.members, 1)
+        _check_integer("seed", self.seed, 0, 2**64 - 1)  # what numpy and torch seeds take
+        _check_real("val_fraction", self.val_fraction, lambda v: 0 <= v < 1,
+                    "a number in [0, 1)")
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError(f"train must be a TrainConfig, got {self.train!r}")
+        if not isinstance(self.model_kwargs, dict):
+            raise ConfigError(f"model_kwargs must be a dict, got {self.model_kwargs!r}")
+
     def to_json(self) -> dict[str, Any]:
         """Plain JSON types (tuples become lists), so a spec read back compares equal."""
         return json.loads(json.dumps({**asdict(self), "train": asdict(self.train)}))
 
     @classmethod
     def from_json(cls, payload: dict[str, Any]) -> RunSpec:
-        return cls(**{**payload, "train": TrainConfig(**payload["train"])})
+        """The spec ``to_json`` wrote; ConfigError (or ModelError) for anything else."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("train"), dict):
+            raise ConfigError(f"a run spec is an object with a 'train' object, got {payload!r}")
+        try:
+            return cls(**{**payload, "train": TrainConfig(**payload["train"])})
+        except TypeError as error:  # missing or unknown fields
+            raise ConfigError(f"not a run spec: {error}") from None
 
 
 @dataclass
@@ -374,23 +515,86 @@ class EnsembleRun:
         return tuple(self.data["classes"])
 
 
+DATA_FIELDS: dict[str, Callable[[Any], bool]] = {
+    "name": lambda v: isinstance(v, str),
+    "in_channels": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "classes": lambda v: (isinstance(v, list) and len(v) >= 1
+                          and all(isinstance(c, str) for c in v)),
+}
+"""What the data record of a run.json must hold: the fields that rebuild its members."""
+
+
+def _read_run(directory: Path) -> tuple[RunSpec, dict[str, Any]]:
+    """The spec and data record of ``directory``'s run.json, or CheckpointError naming it."""
+    path = directory / RUN_FILE
+    advice = "delete the run folder and train again"
+    record = _read_json(path, advice)
+    try:
+        spec = RunSpec.from_json(record.get("spec"))
+    except TrustmapError as error:
+        raise CheckpointError(f"{path} records no valid run spec ({error}); the file is "
+                              f"damaged — {advice}") from None
+    data = record.get("data")
+    bad = (["'data'"] if not isinstance(data, dict) else
+           [f"'data.{key}'" for key, valid in DATA_FIELDS.items()
+            if key not in data or not valid(data[key])])
+    if bad:
+        raise CheckpointError(f"{path} records no valid {', '.join(bad)}; the file is damaged "
+                              f"— {advice}")
+    return spec, data
+
+
+def _member_args(spec: RunSpec, data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The build arguments every member of the run records: its model, the data's channels
+    and classes, and every option as the builder normalises it (the input statistics only
+    where the spec sets them; otherwise each member records its training split's)."""
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            reference = build(spec.model, data["in_channels"], len(data["classes"]),
+                              **spec.model_kwargs)
+    except TrustmapError as error:
+        raise CheckpointError(f"{path} records a model that cannot be built ({error}); "
+                              "delete the run folder and train again") from None
+    return {key: value for key, value in reference.build_args.items()
+            if key not in ("mean", "std") or key in spec.model_kwargs}
+
+
+def _finished(directory: Path) -> list[Path]:
+    """The member JSONs in ``directory``: what marks a member as trained."""
+    return sorted(directory.glob("member-*.json"))
+
+
 def _open_run(directory: Path, spec: RunSpec, train: Dataset) -> tuple[Dataset, Dataset | None]:
     """Split off validation and claim ``directory`` for ``spec``: write its run.json, or check
-    that the one there records the same spec and data (a resumed run)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    that the one there records the same spec and data (a resumed run).
+
+    Everything is checked before anything is written, so a refused spec leaves no folder or
+    file that would refuse the corrected one. A run.json with other settings is replaced only
+    where no member has finished (e.g. the last try diverged): nothing is lost then. Claiming
+    the folder removes the temporary files of a killed earlier write.
+    """
     train_part, val = split_validation(train, spec.val_fraction, spec.seed)
+    check_writable(directory, folder=True)
     data_record = {"name": train.name, "split": train.split, "classes": list(train.classes),
                    "in_channels": train.in_channels, "provenance": train.provenance,
                    "train_size": len(train_part), "val_size": 0 if val is None else len(val)}
     run_file = directory / RUN_FILE
+    same = False
     if run_file.exists():
-        existing = _read_json(run_file)
-        if existing.get("spec") != spec.to_json() or existing["data"]["name"] != train.name:
+        existing, data = _read_run(directory)
+        same = existing.to_json() == spec.to_json() and data["name"] == train.name
+        if not same and _finished(directory):
             raise CheckpointError(
                 f"{directory} already holds a run with other settings (model "
-                f"{existing['spec']['model']!r} on {existing['data']['name']!r}, "
-                f"{existing['spec']}); choose another --out directory or delete it")
-    else:
+                f"{existing.model!r} on {data['name']!r}, {existing.to_json()}); "
+                "choose another --out directory or delete it")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot write the run folder {directory} ({error}); "
+                          "choose another --out directory") from None
+    remove_stale_temporaries(directory)
+    if not same:
         write_json(run_file, {"spec": spec.to_json(), "data": data_record,
                               "trustmap_version": trustmap.__version__})
     return train_part, val
@@ -410,9 +614,9 @@ def fit_ensemble(
     loaded, not trained again. ``on_member(i, result)`` is called after each member; result
     is None for a member that was resumed from disk.
     """
-    if spec.members < 1:
-        raise ConfigError(f"members must be >= 1, got {spec.members}")
     directory = Path(out)
+    with torch.device("meta"):  # the options are checked before the directory is claimed
+        build(spec.model, train.in_channels, train.num_classes, **spec.model_kwargs)
     train_part, val = _open_run(directory, spec, train)
     seeds = member_seeds(spec.seed, spec.members)
     for index, seed in enumerate(seeds):
@@ -432,21 +636,26 @@ def fit_ensemble(
 
 
 def load_ensemble(path: Path | str, device: str | torch.device = "cpu") -> EnsembleRun:
-    """Restore every member of the run in ``path`` exactly as it was saved."""
+    """Restore every member of the run in ``path`` exactly as it was saved.
+
+    Raises CheckpointError, naming the file and what to do, for a folder that is no run, a
+    damaged or missing file, a member of another run, or weights that are not finite.
+    """
     directory = Path(path)
     if not directory.is_dir():
-        raise CheckpointError(f"run directory {directory} does not exist; "
+        what = "is a file, not a run folder" if directory.exists() else "does not exist"
+        raise CheckpointError(f"run directory {directory} {what}; "
                               "train one with `trustmap train --out DIR`")
-    record = _read_json(directory / RUN_FILE)
-    spec = RunSpec.from_json(record["spec"])
+    spec, data = _read_run(directory)
     missing = [i for i in range(spec.members) if not (directory / f"member-{i}.json").exists()]
     if missing:
         raise CheckpointError(f"{directory}: members {missing} of {spec.members} are not "
                               "finished; run the same `trustmap train` command again to resume")
-    loaded = [load_member(directory, i) for i in range(spec.members)]
+    expected = _member_args(spec, data, directory / RUN_FILE)
+    loaded = [load_member(directory, i, expected=expected) for i in range(spec.members)]
     return EnsembleRun(directory=directory, spec=spec,
                        members=[model.to(device) for model, _ in loaded],
-                       member_meta=[meta for _, meta in loaded], data=record["data"])
+                       member_meta=[meta for _, meta in loaded], data=data)
 
 
 VAE_TRAINING = TrainConfig(epochs=20, batch_size=128, lr=1e-3)
@@ -481,5 +690,5 @@ def fit_vae(
         result = fit(model.to(device), train_part, val, config, seed=member_seed,
                      progress=progress, description="vae", objective=vae_loss)
         save_member(directory, 0, model.cpu(), result)
-    loaded, meta = load_member(directory, 0, builder=build_vae)
+    loaded, meta = load_member(directory, 0, builder=build_vae, expected=model.build_args)
     return loaded.to(device), meta

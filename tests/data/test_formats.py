@@ -205,7 +205,8 @@ def test_svhn_not_a_mat_file(tmp_path: Path, damage: str) -> None:
     path.write_bytes({"html": b"<html>mirror error page</html>" * 10,
                       "truncated-early": data[:100],
                       "truncated-late": data[: len(data) // 2]}[damage])
-    with pytest.raises(DataError, match="not a readable MATLAB .mat file") as info:
+    # Cut late, the file still lists X but not y, which comes last.
+    with pytest.raises(DataError, match="not a readable MATLAB .mat file|is truncated") as info:
         load("svhn", "test", root=tmp_path)
     assert str(path) in str(info.value)
 

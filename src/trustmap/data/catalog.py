@@ -75,7 +75,9 @@ def _provenance(files: list[str], steps: list[str]) -> dict[str, Any]:
 
 def _load_idx(name: str, split: str, root: str | os.PathLike[str] | None = None) -> Dataset:
     images_path, labels_path = _official_files(name, split, root)
-    images, labels = formats.read_idx_pair(images_path, labels_path, fetch_name=name)
+    images, labels = formats.read_idx_pair(images_path, labels_path, fetch_name=name,
+                                           size=(28, 28),
+                                           num_classes=len(SOURCES[name].classes))
     return from_uint8(name, split, images, labels, SOURCES[name].classes,
                       _provenance([str(images_path), str(labels_path)], []))
 
@@ -99,7 +101,8 @@ def _load_cifar10(split: str, root: str | os.PathLike[str] | None = None,
     _check_crop("cifar10", crop)
     (path,) = _official_files("cifar10", split, root)
     batches = CIFAR10_BATCHES[split]
-    colour, labels, names = formats.read_cifar_batches(path, batches, CIFAR10_META)
+    colour, labels, names = formats.read_cifar_batches(
+        path, batches, CIFAR10_META, num_classes=len(SOURCES["cifar10"].classes))
     classes = names if names is not None else SOURCES["cifar10"].classes
     return _gray("cifar10", split, colour, labels, classes,
                  [f"{path}:{batch}" for batch in batches], crop)

