@@ -50,7 +50,7 @@ def test_unreadable_or_other_results_are_checkpoint_errors(tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match="cannot be read"):
         load(LatentResults, tmp_path, "latent")
     save(_latent(), tmp_path, "latent")
-    with pytest.raises(CheckpointError, match="holds 'LatentResults' results, not RunResults"):
+    with pytest.raises(CheckpointError, match="holds 'LatentResults', not saved RunResults"):
         load(RunResults, tmp_path, "latent")
     (tmp_path / "latent.safetensors").write_bytes(b"\x00" * 5)
     with pytest.raises(CheckpointError, match="cannot be read"):

@@ -16,10 +16,11 @@ import pandas as pd
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import trustmap
-from trustmap.atomic import write_atomic
+from trustmap.atomic import check_writable, write_atomic
 from trustmap.errors import ConfigError, TrustmapError
 
 if TYPE_CHECKING:  # the settings module is imported only when a command runs
@@ -50,7 +51,8 @@ def friendly_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except TrustmapError as error:
-            errors.print(f"[bold red]error:[/] {error}", highlight=False)
+            # escaped: a message may hold "[model]" or a path with brackets, not markup
+            errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -78,7 +80,9 @@ Config = Annotated[Path | None, typer.Option(
 
 
 def _log(quiet: bool) -> Callable[[str], None]:
-    return (lambda message: None) if quiet else (lambda message: console.print(message))
+    if quiet:
+        return lambda message: None
+    return lambda message: console.print(message, markup=False)  # paths may hold "[...]"
 
 
 def _device_override(device: str | None) -> dict[str, Any]:
@@ -430,7 +434,7 @@ def predict(
     """
     from trustmap.data import load
     from trustmap.predictive import check_predictive, make_predictive
-    from trustmap.training import check_writable, load_ensemble
+    from trustmap.training import load_ensemble
 
     torch_device = _device(device)
     if out is not None and out.suffix not in (".csv", ".parquet"):
@@ -521,7 +525,7 @@ def explain(
     from trustmap.predictive import check_predictive, make_predictive
     from trustmap.report.explain_figures import explanation_grid
     from trustmap.report.figures import save_figure
-    from trustmap.training import check_writable, load_ensemble
+    from trustmap.training import load_ensemble
 
     if list_methods:
         for name in method_names():

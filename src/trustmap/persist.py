@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import pandas as pd
 import torch
+from pyarrow import ArrowException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -89,14 +90,26 @@ def save(results: Any, directory: Path, name: str) -> None:
 
 
 def load(kind: type[T], directory: Path, name: str) -> T:
-    """The ``kind`` results saved as ``name`` in ``directory``."""
+    """The ``kind`` results saved as ``name`` in ``directory``; CheckpointError naming the file
+    and what to do if either file is missing, damaged or of another layout."""
+    path = directory / f"{name}.json"
+    advice = "run the command that made them again (`trustmap run` or `trustmap study NAME`)"
     try:
-        payload = json.loads((directory / f"{name}.json").read_text("utf-8"))
+        payload = json.loads(path.read_text("utf-8"))
         tensors = load_file(str(directory / f"{name}.safetensors"))
     except (OSError, ValueError, SafetensorError) as error:
         raise CheckpointError(f"{directory}: the saved {name} results cannot be read ({error}); "
-                              "run the command that made them again") from None
-    if payload.get("type") != kind.__name__:
-        raise CheckpointError(f"{directory / name}.json holds {payload.get('type')!r} results, "
-                              f"not {kind.__name__}")
-    return _decode(payload["fields"], tensors, kind)
+                              f"{advice}") from None
+    if not isinstance(payload, dict) or payload.get("type") != kind.__name__:
+        found = payload.get("type") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} holds {found!r}, not saved {kind.__name__} results; "
+                              f"{advice}")
+    try:
+        results = _decode(payload.get("fields"), tensors, kind)
+    except (KeyError, TypeError, ValueError, AttributeError, ArrowException) as error:
+        # binascii.Error (bad base64) is a ValueError; a field renamed by an upgrade is a TypeError
+        raise CheckpointError(f"{path} is damaged or of another trustmap version "
+                              f"({type(error).__name__}: {error}); {advice}") from None
+    if not isinstance(results, kind):
+        raise CheckpointError(f"{path} holds no {kind.__name__} fields; {advice}")
+    return results

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -27,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import trustmap
-from trustmap.atomic import remove_stale_temporaries, write_atomic
+from trustmap.atomic import Outputs, check_writable, remove_stale_temporaries, write_atomic
 from trustmap.data.dataset import Dataset
 from trustmap.errors import CheckpointError, ConfigError, ModelError, TrustmapError, did_you_mean
 from trustmap.models import build, channels_last, names, to_channels_last
@@ -329,10 +328,11 @@ def split_validation(train: Dataset, fraction: float, seed: int) -> tuple[Datase
 
 # --- checkpoints -----------------------------------------------------------------------------
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as indented JSON, atomically; values JSON lacks become strings."""
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=str)
-                                                  + "\n"))
+def write_json(path: Path, payload: dict[str, Any], outputs: Outputs | None = None) -> None:
+    """Write ``payload`` as indented JSON, atomically (with ``outputs``: together with them);
+    values JSON lacks become strings."""
+    (outputs.write if outputs else write_atomic)(
+        path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n"))
 
 
 def _read_json(path: Path, advice: str) -> dict[str, Any]:
@@ -349,31 +349,6 @@ def _read_json(path: Path, advice: str) -> dict[str, Any]:
         raise CheckpointError(f"{path} holds a JSON {type(payload).__name__}, not an object; "
                               f"the file is damaged — {advice}")
     return payload
-
-
-def check_writable(path: Path | str, folder: bool) -> None:
-    """ConfigError unless ``path`` can be written as a folder (``folder``) or as a file.
-
-    Called before anything is written, so that a command refused for its output path leaves
-    nothing behind: the path must not be the other kind, no parent may be a file, and the
-    nearest existing folder must be writable.
-    """
-    path = Path(path)
-    if path.exists():
-        if path.is_dir() != folder:
-            kind, wanted = ("a file", "folder") if folder else ("a folder", "file")
-            raise ConfigError(f"{path} is {kind}; give the path of a {wanted} instead")
-        home = path if folder else path.parent
-    else:
-        home = path.parent
-        while not home.exists():
-            home = home.parent
-        if not home.is_dir():
-            raise ConfigError(f"cannot write {path}: {home} is a file, not a folder; "
-                              "choose another path")
-    if not os.access(home, os.W_OK | os.X_OK):
-        raise ConfigError(f"cannot write {path}: {home} is not writable for this user; "
-                          "choose another path")
 
 
 def save_member(directory: Path, index: int, model: nn.Module, result: FitResult) -> None:

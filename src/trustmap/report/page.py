@@ -18,7 +18,6 @@ import numbers
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from trustmap.atomic import write_atomic
+from trustmap.atomic import Outputs, temporary_folder, write_atomic
 from trustmap.report.plot import save_figure
 
 FIGURES_DIR = "figures"
@@ -144,7 +143,8 @@ class HeaderItem:
 
 
 def write_page(page: Path, template: str, header: Mapping[str, Any], default_title: str,
-               plan: Callable[[], list[Section]], prefix: str = "", **context: Any) -> Path:
+               plan: Callable[[], list[Section]], prefix: str = "",
+               outputs: Outputs | None = None, **context: Any) -> Path:
     """Draw the sections ``plan`` returns, render them with ``template``, write both; return
     the page.
 
@@ -153,13 +153,15 @@ def write_page(page: Path, template: str, header: Mapping[str, Any], default_tit
     written, atomically. If anything fails, an earlier page and every figure it points at are
     left as they were, and a directory this call created is removed again. Afterwards, figures
     of this ``prefix`` the page no longer draws are removed, and no other file: pages with
-    different prefixes share one figures folder. ``context`` is what every macro may read.
+    different prefixes share one figures folder. With ``outputs``, the page text replaces the
+    earlier page together with the command's other outputs (``atomic.together``).
+    ``context`` is what every macro may read.
     """
     out_dir = page.parent
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     figures_dir = out_dir / FIGURES_DIR
-    staging = Path(tempfile.mkdtemp(prefix=f".{prefix}figures-", dir=out_dir))
+    staging = temporary_folder(out_dir, f"{prefix}figures-")
     try:
         sections = plan()
         _check_unique_ids(sections)
@@ -182,7 +184,8 @@ def write_page(page: Path, template: str, header: Mapping[str, Any], default_tit
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     shutil.rmtree(staging, ignore_errors=True)
-    page = write_atomic(page, lambda tmp: tmp.write_text(text, "utf-8"))
+    page = (outputs.write if outputs else write_atomic)(
+        page, lambda tmp: tmp.write_text(text, "utf-8"))
     own = re.compile(re.escape(prefix) + r"\d+-.*\.png")
     for stale in figures_dir.glob("*.png"):
         if own.fullmatch(stale.name) and stale.name not in written:

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trustmap.atomic import write_atomic
+from trustmap.atomic import Outputs, write_atomic
 from trustmap.data import Dataset, load
 from trustmap.predictive import Prediction, predict_kinds
 from trustmap.report import page
@@ -288,5 +288,6 @@ class Study(Protocol):
     def metrics(self, results: Any) -> dict[str, Any]:
         """What ``metrics.json`` keeps of ``results`` (the header is added beside it)."""
 
-    def write(self, results: Any, out: Path) -> Path:
-        """Its own page (from ``sections``) and any files of its own; returns the page."""
+    def write(self, results: Any, out: Path, outputs: Outputs) -> Path:
+        """Its own page (from ``sections``) and any files of its own, written through
+        ``outputs`` so that they change together; returns the page."""

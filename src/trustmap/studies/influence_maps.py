@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from safetensors.torch import save_file
 
 import trustmap
-from trustmap.atomic import write_atomic
+from trustmap.atomic import Outputs
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.explain import influence
@@ -213,10 +213,10 @@ class InfluenceStudy:
             "timings": results.timings.to_dict(orient="records"),
         }
 
-    def write(self, results: InfluenceResults, out: Path) -> Path:
+    def write(self, results: InfluenceResults, out: Path, outputs: Outputs) -> Path:
         """Its page, and the maps as safetensors for other tools."""
-        report = influence_page.write_influence_report(results, out)
-        _save_maps(out / MAPS_FILE, results)
+        report = influence_page.write_influence_report(results, out, outputs)
+        _save_maps(out / MAPS_FILE, results, outputs)
         return report
 
     def _header(self, ctx: RunContext, spec: RunSpec, test: Dataset) -> dict[str, Any]:
@@ -241,7 +241,7 @@ class InfluenceStudy:
         }
 
 
-def _save_maps(path: Path, results: InfluenceResults) -> None:
+def _save_maps(path: Path, results: InfluenceResults, outputs: Outputs) -> None:
     """The maps as safetensors, written whole or not at all."""
     tensors = {"influence": results.influence, "member_maps": results.member_maps,
                "member_std": results.member_std,
@@ -249,4 +249,4 @@ def _save_maps(path: Path, results: InfluenceResults) -> None:
                **{f"uncertainty_{k}": v for k, v in results.uncertainty.items()},
                "constant": results.constant, "not_converged": results.not_converged}
     tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp)))
+    outputs.write(path, lambda tmp: save_file(tensors, str(tmp)))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from trustmap.atomic import Outputs
 from trustmap.errors import DataError
 from trustmap.explain.influence import ALPHA
 from trustmap.report import checks, influence_figures, plot
@@ -46,14 +47,17 @@ SHAPES = {"mean_image": "H W", "influence": "K H W", "member_std": "K H W",
 """K: one map per class; Q: one curve per entry of ``curve_pixels``."""
 
 
-def write_influence_report(results: InfluenceResults, out_dir: Path | str) -> Path:
+def write_influence_report(results: InfluenceResults, out_dir: Path | str,
+                         outputs: Outputs | None = None) -> Path:
     """Write ``out_dir/influence.html`` and its ``figures/influence-*.png``; return the page.
 
     If any figure or the page fails, an earlier influence page in ``out_dir`` and every figure
-    it points at are left as they were; other pages' figures are never touched.
+    it points at are left as they were; other pages' figures are never touched. ``outputs``:
+    the page changes together with them (``atomic.together``).
     """
     return write_page(Path(out_dir) / INFLUENCE_NAME, TEMPLATE, results.header,
-                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX)
+                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX,
+                      outputs=outputs)
 
 
 def check(results: InfluenceResults) -> None:

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 import trustmap
+from trustmap.atomic import Outputs
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.evaluate import latent
@@ -260,8 +261,8 @@ class LatentStudy:
         return {"dataset": results.dataset, "shares": results.shares.to_dict(orient="records"),
                 "midpoints": results.midpoints.to_dict(orient="records")}
 
-    def write(self, results: LatentResults, out: Path) -> Path:
-        return latent_page.write_latent_report(results, out)
+    def write(self, results: LatentResults, out: Path, outputs: Outputs) -> Path:
+        return latent_page.write_latent_report(results, out, outputs)
 
     def _header(self, ctx: RunContext, provenance: dict[str, Any]) -> dict[str, Any]:
         settings: LatentSettings = ctx.section(self.name)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from trustmap.atomic import Outputs
 from trustmap.report import checks, latent_figures
 from trustmap.report.page import Job, Section, Table, build_table, ordered, write_page
 from trustmap.report.results import LATENT_SHARE_COLUMNS, MIDPOINT_COLUMNS, LatentResults
@@ -35,14 +36,17 @@ SHAPES = {"codes": "M 2", "code_labels": "int M", "grid_images": "P C H W", "nea
 """P: the grid's points (resolution²); pairs: one per entry of ``path_labels``."""
 
 
-def write_latent_report(results: LatentResults, out_dir: Path | str) -> Path:
+def write_latent_report(results: LatentResults, out_dir: Path | str,
+                         outputs: Outputs | None = None) -> Path:
     """Write ``out_dir/latent.html`` and its ``figures/latent-*.png``; return the page.
 
     If any figure or the page fails, an earlier latent page in ``out_dir`` and every figure it
     points at are left as they were; other pages' figures are never touched.
+    ``outputs``: the page changes together with them (``atomic.together``).
     """
     return write_page(Path(out_dir) / LATENT_NAME, TEMPLATE, results.header,
-                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX)
+                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX,
+                      outputs=outputs)
 
 
 def check(results: LatentResults) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from trustmap.atomic import Outputs
 from trustmap.report import checks, recurrent_figures
 from trustmap.report.page import Job, Section, Table, build_table, ordered, write_page
 from trustmap.report.results import (
@@ -38,15 +39,18 @@ SHAPES = {"examples": "E 1 H W", "example_masks": "bool E 1 H W", "maps": "E 1 H
 """E: one example per entry of ``example_labels``; gray inputs, masks and maps alike."""
 
 
-def write_recurrent_report(results: RecurrentResults, out_dir: Path | str) -> Path:
+def write_recurrent_report(results: RecurrentResults, out_dir: Path | str,
+                         outputs: Outputs | None = None) -> Path:
     """Write ``out_dir/recurrent.html`` and its ``figures/recurrent-*.png``; return the page.
 
     If any figure or the page fails, an earlier recurrent page in ``out_dir`` and every figure
     it points at are left as they were; other pages' figures are never touched.
+    ``outputs``: the page changes together with them (``atomic.together``).
     """
     header = {k: v for k, v in results.header.items() if k != REFERENCE_KEY}
     return write_page(Path(out_dir) / RECURRENT_NAME, TEMPLATE, header,
-                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX)
+                      DEFAULT_TITLE, lambda: sections(results), prefix=FIGURE_PREFIX,
+                      outputs=outputs)
 
 
 def check(results: RecurrentResults) -> None:

@@ -25,6 +25,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 import trustmap
+from trustmap.atomic import Outputs
 from trustmap.data import load_sequences
 from trustmap.data.sequences import OTHER_CLASS, MajoritySequences
 from trustmap.errors import ConfigError
@@ -236,8 +237,8 @@ class RecurrentStudy:
                 "accuracy": records(results.accuracy), "region": records(results.region),
                 "aopc": records(results.aopc), "speed": records(results.speed)}
 
-    def write(self, results: RecurrentResults, out: Path) -> Path:
-        return recurrent_page.write_recurrent_report(results, out)
+    def write(self, results: RecurrentResults, out: Path, outputs: Outputs) -> Path:
+        return recurrent_page.write_recurrent_report(results, out, outputs)
 
 
 def _header(ctx: RunContext, settings: RecurrentSettings, test: MajoritySequences

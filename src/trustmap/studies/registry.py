@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import create_model, model_validator
 
 from trustmap import persist
+from trustmap.atomic import check_writable, remove_stale_temporaries, together
 from trustmap.errors import CheckpointError, ConfigError, did_you_mean
 from trustmap.report.results import RunResults
 from trustmap.studies import settings as loader
@@ -78,6 +79,7 @@ RUN_RESULTS = "run"
 def run(settings: RunSettings, out: Path, progress: bool = True, log: Log = quiet,
         command: str = "trustmap run") -> Path:
     """``trustmap run``: every enabled study on one context, one page; returns the page."""
+    _claim(out, log)
     ctx = RunContext(settings, out, command, log, progress)
     computed = {name: STUDIES[name].compute(ctx) for name in settings.studies}
     core: RunResults = computed["uncertainty"]
@@ -94,6 +96,7 @@ def run_study(name: str, settings: RunSettings, out: Path, progress: bool = True
               log: Log = quiet, command: str = "") -> Path:
     """``trustmap study NAME``: one study, its own page; returns the page."""
     study = STUDIES[name]
+    _claim(out, log)
     ctx = RunContext(settings, out, command or f"trustmap study {name}", log, progress)
     results = study.compute(ctx)
     results.header["seconds"] = ctx.timings
@@ -101,11 +104,22 @@ def run_study(name: str, settings: RunSettings, out: Path, progress: bool = True
     return _draw_alone(study, results, ctx)
 
 
+def _claim(out: Path, log: Log) -> None:
+    """Before anything is computed: ``out`` must be a folder this user can write (nothing is
+    created here), and what a killed earlier command left half-written in it is removed."""
+    check_writable(out, folder=True)
+    stale = remove_stale_temporaries(out, recursive=True)
+    if stale:
+        log(f"removed {len(stale)} temporary file(s) a stopped earlier command left in {out}")
+
+
 def _draw_alone(study: Study, results: Any, ctx: RunContext) -> Path:
-    """A study's own page and ``metrics.json``, the drawing timed like the rest."""
-    with ctx.timed("drawing"):
-        page = study.write(results, ctx.out)
-    write_json(ctx.out / "metrics.json", {**study.metrics(results), "header": results.header})
+    """A study's own page, its files and ``metrics.json``, replacing the earlier ones together;
+    the drawing timed like the rest."""
+    with ctx.timed("drawing"), together() as outputs:
+        page = study.write(results, ctx.out, outputs)
+        write_json(ctx.out / "metrics.json",
+                   {**study.metrics(results), "header": results.header}, outputs)
     return page
 
 
@@ -115,11 +129,11 @@ def _draw_run(computed: Mapping[str, Any], ctx: RunContext) -> Path:
     results: RunResults = computed["uncertainty"]
     beside = [(STUDIES[name], found) for name, found in computed.items()
               if name != "uncertainty"]
-    with ctx.timed("drawing"):
-        page = core.write(results, ctx.out, beside)
-    write_json(ctx.out / "metrics.json", {
-        "header": results.header, **core.metrics(results),
-        **{study.name: study.metrics(found) for study, found in beside}})
+    with ctx.timed("drawing"), together() as outputs:
+        page = core.write(results, ctx.out, outputs, beside)
+        write_json(ctx.out / "metrics.json", {
+            "header": results.header, **core.metrics(results),
+            **{study.name: study.metrics(found) for study, found in beside}}, outputs)
     return page
 
 
@@ -131,6 +145,7 @@ def redraw(out: Path, log: Log = quiet) -> list[Path]:
     if not alone and not (in_run / "uncertainty.json").is_file():
         raise CheckpointError(f"{out} holds no saved results ({saved} is empty or missing); "
                               "run `trustmap run` or `trustmap study NAME` there first")
+    _claim(out, log)
     pages = []
     if (in_run / "uncertainty.json").is_file():
         found = sorted(path.stem for path in in_run.glob("*.json") if path.stem in STUDIES)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from trustmap.atomic import Outputs
 from trustmap.errors import TrustmapError
 from trustmap.report import checks, explain_figures, figures
 from trustmap.report.page import (
@@ -45,14 +46,15 @@ DEFAULT_PREDICTIVE = "ensemble"
 
 
 def write_report(results: RunResults, out_dir: Path | str, predictive: str | None = None,
-                 beside: Sequence[tuple[Study, Any]] = ()) -> Path:
+                 beside: Sequence[tuple[Study, Any]] = (), outputs: Outputs | None = None
+                 ) -> Path:
     """Write ``out_dir/report.html`` and its ``figures/``; return the page's path.
 
     ``predictive`` is the one the per-measure figures use: "ensemble" if the run has it, else
     the first. ``beside`` holds the other studies the run computed, with their results: each
     gets a section of its own sections. If any figure or the page fails, the staging folder is
     removed and an earlier report in ``out_dir`` is left as it was, every figure it points at
-    included.
+    included. ``outputs``: the page changes together with them (``atomic.together``).
     """
     chosen = _choose_predictive(results, predictive)
 
@@ -62,7 +64,8 @@ def write_report(results: RunResults, out_dir: Path | str, predictive: str | Non
                           study.sections(found)) for study, found in beside]
 
     return write_page(Path(out_dir) / REPORT_NAME, TEMPLATE, results.header,
-                      "trustmap report", plan, in_distribution=results.in_distribution)
+                      "trustmap report", plan, outputs=outputs,
+                      in_distribution=results.in_distribution)
 
 
 def _choose_predictive(results: RunResults, predictive: str | None) -> str:

@@ -9,6 +9,7 @@ so a list is a TOML array; nothing converts types by hand.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -23,9 +24,10 @@ S = TypeVar("S", bound=BaseModel)
 
 
 class Section(BaseModel):
-    """One table of the settings: frozen, strictly typed, no unknown keys."""
+    """One table of the settings: frozen, strictly typed, no unknown keys, no NaN or inf (TOML
+    has both, and both pass a range check such as ``lr > 0`` or ``weight_decay >= 0``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def allowed(where: str, values: Iterable[str], choices: Iterable[str]) -> None:
@@ -51,16 +53,32 @@ def image_classifiers(where: str, values: Iterable[str]) -> None:
 
 
 def torch_device(name: str, where: str = "device") -> torch.device:
-    """The device ``name`` names, or a ConfigError that says which to use instead."""
+    """The device ``name`` names (cpu, cuda or cuda:N), or a ConfigError that says which to use.
+
+    Other torch devices (meta, mps, ...) are refused: trustmap is tested on CPU and CUDA only,
+    and a meta tensor holds no numbers at all.
+    """
     try:
         device = torch.device(name)
-    except RuntimeError:
+    except (RuntimeError, TypeError):
         raise ConfigError(f"{where} {name!r} is not a torch device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{where} {name!r} was asked for but no CUDA device is available; "
-                          "use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{where} {name!r} is not supported; use cpu or cuda (cuda:N for "
+                          "the N-th GPU)")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where} {name!r} was asked for but no CUDA device is "
+                              "available; use cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"{where} {name!r}: this machine has {count} CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}; choose one of them")
     return device
 
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""A run name: letters, digits, '.', '_' and '-', not starting with '.' (no path, no hidden
+folder, no '..'), so a run is written inside the runs directory and nowhere else."""
 
 ALL_OOD = ("fashion-mnist", "letters", "natural-patches", "noise-uniform", "noise-gaussian")
 
@@ -111,7 +129,8 @@ class ModelSettings(Section):
 
 
 class PredictiveSettings(Section):
-    kinds: tuple[str, ...] = ("single", "ensemble", "mc-dropout", "ensemble-mc")
+    kinds: tuple[str, ...] = Field(("single", "ensemble", "mc-dropout", "ensemble-mc"),
+                                   min_length=1)
     mc_samples: int = Field(10, ge=2)
     """Dropout passes per model of ``mc-dropout`` and ``ensemble-mc``, everywhere in a run."""
 
@@ -168,7 +187,8 @@ class AdversarialSettings(Section):
 
 
 class ExplanationSettings(Section):
-    methods: tuple[str, ...] = ("gradient", "gradcam", "guided-backprop", "lrp-epsilon-plus")
+    methods: tuple[str, ...] = Field(("gradient", "gradcam", "guided-backprop",
+                                      "lrp-epsilon-plus"), min_length=1)
     """Methods of the report's map grid, faithfulness curves and sanity check."""
     predictives: tuple[str, ...] = ("ensemble",)
     """Predictives whose samples' maps are compared, where the run has them: the explanation-
@@ -202,7 +222,8 @@ class RunSettings(Section):
     """The tables every command shares; each study adds its own (``studies.registry``)."""
 
     name: str = "default"
-    seed: int = 0
+    """The run's folder inside the runs directory: a plain name, never a path."""
+    seed: int = Field(0, ge=0, lt=2**63)  # TOML's integers; torch takes up to 2**64 - 1
     device: str = "cpu"
     studies: tuple[str, ...] = ("uncertainty", "latent", "influence")
     """What ``trustmap run`` computes and reports, in this order."""
@@ -212,6 +233,15 @@ class RunSettings(Section):
     measures: MeasureSettings = MeasureSettings()
     adversarial: AdversarialSettings = AdversarialSettings()
     explanations: ExplanationSettings = ExplanationSettings()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not RUN_NAME.fullmatch(name):
+            raise ConfigError(f"name {name!r} is not a plain folder name: use letters, digits, "
+                              "'.', '_' and '-' (at most 100, not starting with '.'); the run "
+                              "is written to RUNS_DIR/NAME, never outside it")
+        return name
 
     @field_validator("device")
     @classmethod
@@ -260,6 +290,8 @@ def _format(error: ValidationError) -> str:
                          f"got {item['input']!r}")
         elif kind in ("model_type", "dict_type"):
             lines.append(f"[{where}] must be a table (a TOML section), got {item['input']!r}")
+        elif kind == "too_short":
+            lines.append(f"{where} must name at least {item['ctx']['min_length']}, got none")
         elif kind == "value_error":
             lines.append(message)
         else:
@@ -311,17 +343,31 @@ def parse(model: type[S], values: Mapping[str, Any]) -> S:
         raise ConfigError(_format(error)) from None
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A settings file is a few hundred bytes; anything over 1 MiB is not one."""
+
+
 def read_toml(path: Path | str) -> dict[str, Any]:
-    """The tables of a TOML file, or a ConfigError that names the file."""
+    """The tables of a TOML file, or a ConfigError that names the file.
+
+    Only a regular file is read (a FIFO would block forever, a device never end)."""
     path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory; pass a TOML file")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file; pass a TOML file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is {path.stat().st_size:,} bytes, too large for "
+                          "a settings file; pass a TOML file")
     try:
         return tomllib.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory; pass a TOML file") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not text; pass a TOML file") from None
+    except OSError as error:
+        raise ConfigError(f"config file {path} cannot be read ({error.strerror or error})"
+                          ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import trustmap
-from trustmap.atomic import write_atomic
+from trustmap.atomic import Outputs
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError, DataError
 from trustmap.evaluate.adversarial import (
@@ -54,6 +54,7 @@ from trustmap.studies.base import (
     ensemble_spec,
 )
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
+from trustmap.studies.settings import RunSettings
 from trustmap.training import EnsembleRun, split_validation
 from trustmap.uncertainty import MEASURES, compute
 
@@ -249,12 +250,13 @@ class UncertaintyStudy:
         torch.manual_seed(ctx.seed)
         train = load(settings.data.in_distribution, "train")
         _check_patch(settings.explanations.patch, train)
+        sets, skipped = _test_sets(ctx)
+        id_name = settings.data.in_distribution
+        _check_test_set(sets[id_name], settings)
         ensemble = ctx.ensemble(ensemble_spec(settings.model, ctx.seed), train)
         members = ensemble.members
         cache = ctx.cache(ensemble)
 
-        sets, skipped = _test_sets(ctx)
-        id_name = settings.data.in_distribution
         with ctx.timed("attacks"):
             adv_sets, adversarial = _adversarial_sets(ctx, members, sets[id_name], cache)
         sets.update(adv_sets)
@@ -322,14 +324,39 @@ class UncertaintyStudy:
                     "predictive": found.predictive, "measures": found.measures,
                     "aopc": records(found.aopc), "sanity": records(found.sanity)}}
 
-    def write(self, results: RunResults, out: Path,
+    def write(self, results: RunResults, out: Path, outputs: Outputs,
               beside: Sequence[tuple[Study, Any]] = ()) -> Path:
         """``report.html`` (with the sections of the studies ``beside``) and
         ``per_sample.parquet``."""
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "per_sample.parquet",
-                     lambda tmp: results.per_sample.to_parquet(tmp, index=False))
-        return run_page.write_report(results, out, beside=beside)
+        outputs.write(out / "per_sample.parquet",
+                      lambda tmp: results.per_sample.to_parquet(tmp, index=False))
+        return run_page.write_report(results, out, beside=beside, outputs=outputs)
+
+
+def _check_test_set(test: Dataset, settings: RunSettings) -> None:
+    """Before any training: the ID test set (as ``data.max_per_set`` cuts it) must hold what
+    the run takes from it, and two images of every class for a class map's standard error."""
+    explanations = settings.explanations
+    wanted = {"explanations.faithfulness_n": explanations.faithfulness_n,
+              "explanations.sanity_n": explanations.sanity_n}
+    if settings.adversarial.attacks and settings.adversarial.epsilons:
+        wanted["adversarial.n"] = settings.adversarial.n
+    key, need = max(wanted.items(), key=lambda item: item[1])
+    cap = settings.data.max_per_set
+    if len(test) < need:
+        cut = f" (data.max_per_set = {cap})" if cap else ""
+        raise ConfigError(f"{key} = {need} takes more images than the {len(test)} test images "
+                          f"of {test.name!r} the run uses{cut}; lower {key} to at most "
+                          f"{len(test)}" + (f", or raise data.max_per_set to {need} or 0 (all)"
+                                            if cap else ""))
+    counts = torch.bincount(test.labels, minlength=test.num_classes)
+    if int(counts.min()) < 2:
+        scarce = test.classes[int(counts.argmin())]
+        raise ConfigError(f"the {len(test)} test images of {test.name!r} the run uses "
+                          f"(data.max_per_set = {cap}) hold "
+                          f"{int(counts.min())} of class {scarce!r}; the class saliency maps "
+                          "need two of every class: raise data.max_per_set or set it to 0 (all)")
 
 
 def _check_patch(patch: int, train: Dataset) -> None:

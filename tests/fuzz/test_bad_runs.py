@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
+from untouched import snapshot
 
 from trustmap.cli import app
 from trustmap.data import Dataset
@@ -53,13 +54,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, mnist_small: Dataset) -> 
     out = tmp_path_factory.mktemp("bad-runs") / "tiny"
     fit_ensemble(SPEC, mnist_small, out, progress=False)
     return out
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int] | None]:
-    """Every path under ``root`` with its size and mtime (None for a folder)."""
-    return {str(p.relative_to(root)): None if p.is_dir() else (p.stat().st_size,
-                                                               p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*"))}
 
 
 # --- setups ----------------------------------------------------------------------------------

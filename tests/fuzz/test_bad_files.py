@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import scipy.io
 from PIL import Image
+from untouched import snapshot
 
 from trustmap.data import fetch, formats, load
 from trustmap.data.sources import OfficialFile, notmnist_split
@@ -66,21 +67,6 @@ def fifo_watchdog() -> Iterator[None]:
     thread.join()
     _FIFOS.clear()
     assert not released, f"a reader opened {released} and blocked on it"
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int, int]]:
-    """(mode, size, mtime) of every entry under ``root``, symlinks not followed; only the mode
-    of a directory, whose mtime a temporary file created and removed again also changes."""
-    found = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            found[os.path.relpath(os.path.join(folder, name), root)] = (
-                os.lstat(os.path.join(folder, name)).st_mode, 0, 0)
-        for name in files:
-            status = os.lstat(os.path.join(folder, name))
-            found[os.path.relpath(os.path.join(folder, name), root)] = (
-                status.st_mode, status.st_size, status.st_mtime_ns)
-    return found
 
 
 # --------------------------------------------------------------------------------------------
