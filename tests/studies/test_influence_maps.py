@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trustmap.atomic import Outputs
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError
 from trustmap.explain import influence
@@ -45,9 +46,10 @@ def _run(out: Path, **changes: object) -> Study:
     handed: list[InfluenceResults] = []
     writer = influence_page.write_influence_report
 
-    def recording(results: InfluenceResults, out_dir: Path) -> Path:
+    def recording(results: InfluenceResults, out_dir: Path, outputs: Outputs | None = None
+                  ) -> Path:
         handed.append(results)
-        return writer(results, out_dir)
+        return writer(results, out_dir, outputs)
 
     lines: list[str] = []
     with pytest.MonkeyPatch.context() as patch:

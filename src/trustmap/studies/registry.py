@@ -116,8 +116,9 @@ def _claim(out: Path, log: Log) -> None:
 def _draw_alone(study: Study, results: Any, ctx: RunContext) -> Path:
     """A study's own page, its files and ``metrics.json``, replacing the earlier ones together;
     the drawing timed like the rest."""
-    with ctx.timed("drawing"), together() as outputs:
-        page = study.write(results, ctx.out, outputs)
+    with together() as outputs:
+        with ctx.timed("drawing"):
+            page = study.write(results, ctx.out, outputs)
         write_json(ctx.out / "metrics.json",
                    {**study.metrics(results), "header": results.header}, outputs)
     return page
@@ -129,8 +130,9 @@ def _draw_run(computed: Mapping[str, Any], ctx: RunContext) -> Path:
     results: RunResults = computed["uncertainty"]
     beside = [(STUDIES[name], found) for name, found in computed.items()
               if name != "uncertainty"]
-    with ctx.timed("drawing"), together() as outputs:
-        page = core.write(results, ctx.out, outputs, beside)
+    with together() as outputs:  # metrics.json after the drawing, to hold its seconds
+        with ctx.timed("drawing"):
+            page = core.write(results, ctx.out, outputs, beside)
         write_json(ctx.out / "metrics.json", {
             "header": results.header, **core.metrics(results),
             **{study.name: study.metrics(found) for study, found in beside}}, outputs)
