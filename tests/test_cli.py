@@ -45,16 +45,23 @@ def test_predict_writes_one_row_per_input(trained_run: Path, tmp_path: Path) -> 
     assert len(frame) == 1000
     probs = frame[[f"p_{c}" for c in "0123456789"]].to_numpy()
     assert abs(probs.sum(1) - 1).max() < 1e-4
-    assert (frame["predicted"] == probs.argmax(1)).all()
+    assert (frame["pred"] == probs.argmax(1)).all()
+    assert (frame["msp"] == probs.max(1)).all()  # the maximum probability, not 1 - it
+    assert list(frame.columns[:7]) == ["set", "role", "attack", "epsilon", "attacked", "index",
+                                       "predictive"]
+    assert set(frame["role"]) == {"id"} and set(frame["predictive"]) == {"ensemble-mc"}
+    assert frame.attrs["trustmap"]["higher_means"]["msp"] == "more trustworthy"
     accuracy = float(result.output.split("accuracy on mnist-embedded (test):")[1].split()[0])
-    assert accuracy == pytest.approx((frame["predicted"] == frame["label"]).mean(), abs=1e-4)
+    assert accuracy == pytest.approx(frame["correct"].mean(), abs=1e-4)
 
 
 def test_predict_on_an_ood_set_reports_no_accuracy(trained_run: Path) -> None:
     result = invoke("predict", "--run", str(trained_run), "--data", "noise-uniform")
     assert result.exit_code == 0, result.output
     assert "no accuracy" in result.output
-    assert (trained_run / "predictions-noise-uniform-test-ensemble.csv").is_file()
+    frame = pd.read_csv(trained_run / "predictions-noise-uniform-test-ensemble.csv")
+    assert set(frame["role"]) == {"ood"}
+    assert frame["label"].isna().all() and frame["correct"].isna().all()
 
 
 def test_explain_writes_maps_scores_and_grid(trained_run: Path, tmp_path: Path) -> None:

@@ -33,7 +33,10 @@ def _close(actual: torch.Tensor, expected: list[float]) -> None:
 
 
 def test_msp_hand_computed(pred) -> None:
-    _close(u.msp(pred), [0.5, 0.0, 2 / 3])
+    # The maximum probability itself (higher = more confident), ranked as 1 - max p.
+    _close(u.msp(pred), [0.5, 1.0, 1 / 3])
+    _close(u.get("msp").uncertainty(u.msp(pred)), [0.5, 0.0, 2 / 3])
+    assert u.higher_means("msp") == u.MORE_TRUSTWORTHY
 
 
 def test_entropy_hand_computed(pred) -> None:
@@ -64,14 +67,27 @@ def test_class_variance_hand_computed(pred) -> None:
 
 def test_softmax_variance_hand_computed(pred) -> None:
     # Mean [0.5, 0.4, 0.1]: deviations from 1/3 are 1/6, 1/15, -7/30 -> (25+4+49)/900/3.
-    _close(u.softmax_variance(pred), [-26 / 900, -2 / 9, 0.0])  # certain: var([1,0,0]) = 2/9
+    _close(u.softmax_variance(pred), [26 / 900, 2 / 9, 0.0])  # certain: var([1,0,0]) = 2/9
+    assert (u.get("softmax_variance").uncertainty(u.softmax_variance(pred))
+            == -u.softmax_variance(pred)).all()
 
 
-def test_softmax_variance_is_seed_000_variance_negated() -> None:
+def test_softmax_variance_is_seed_000_variance() -> None:
     probs = torch.randn(1, 20, 10, generator=torch.Generator().manual_seed(0)).softmax(-1)
     seed_000 = np.var(probs[0].numpy(), axis=1)  # seed 000: np.var of one model's softmax
     scores = u.softmax_variance(Prediction.from_probs(probs))
-    assert np.allclose(scores.numpy(), -seed_000, atol=1e-7)
+    assert np.allclose(scores.numpy(), seed_000, atol=1e-7)
+
+
+def test_uncertainty_scores_rise_with_uncertainty_and_leave_the_rest(pred) -> None:
+    scores = u.compute(pred)
+    ranked = u.uncertainty_scores({**scores, "gradient_rank_disagreement": scores["entropy"]})
+    assert torch.equal(ranked["msp"], 1 - scores["msp"])
+    assert torch.equal(ranked["softmax_variance"], -scores["softmax_variance"])
+    for name in ("entropy", "mutual_information", "energy"):
+        assert ranked[name] is scores[name]
+        assert u.higher_means(name) == u.LESS_TRUSTWORTHY
+    assert ranked["gradient_rank_disagreement"] is scores["entropy"]
 
 
 def test_energy_hand_computed() -> None:
@@ -108,10 +124,10 @@ def test_entropy_decomposes_into_expected_entropy_plus_mutual_information(random
 def test_scores_lie_in_their_ranges(random_pred) -> None:
     scores = u.compute(random_pred)
     assert all(s.shape == (50,) and s.dtype == torch.float32 for s in scores.values())
-    assert ((scores["msp"] >= 0) & (scores["msp"] <= 0.9)).all()
+    assert ((scores["msp"] >= 0.1) & (scores["msp"] <= 1)).all()
     assert (scores["entropy"] <= math.log(10) + 1e-6).all()
     assert ((scores["variation_ratio"] >= 0) & (scores["variation_ratio"] <= 6 / 7)).all()
-    assert ((scores["softmax_variance"] <= 0) & (scores["softmax_variance"] >= -0.09)).all()
+    assert ((scores["softmax_variance"] >= 0) & (scores["softmax_variance"] <= 0.09)).all()
 
 
 def test_every_measure_but_expected_entropy_rises_when_samples_disagree() -> None:
@@ -120,7 +136,7 @@ def test_every_measure_but_expected_entropy_rises_when_samples_disagree() -> Non
     other = torch.tensor([0.01, 0.98, 0.01])
     pred = Prediction.from_probs(torch.stack([torch.stack([sure, sure]),
                                               torch.stack([sure, other])]))
-    scores = u.compute(pred)
+    scores = u.uncertainty_scores(u.compute(pred))
     # Each sample is as sure as before, so the aleatoric part does not move.
     expected = scores.pop("expected_entropy")
     assert torch.allclose(expected[0], expected[1])

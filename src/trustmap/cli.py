@@ -427,11 +427,13 @@ def predict(
         help="Predictions file, .csv or .parquet (default in the run directory).")] = None,
     device: Device = "cpu",
 ) -> None:
-    """Predict a dataset with a trained run; print accuracy and write one row per input.
+    """Predict a dataset with a trained run; print accuracy and write one row per input, in
+    the layout of a run's per_sample.parquet (``trustmap.per_sample``).
 
     Arguments, the run and the output path are checked before any prediction, and a model
     whose outputs are not finite is an error, never an accuracy; nothing is written on error.
     """
+    from trustmap import per_sample, uncertainty
     from trustmap.data import load
     from trustmap.predictive import check_predictive, make_predictive
     from trustmap.training import load_ensemble
@@ -448,20 +450,20 @@ def predict(
     prediction = make_predictive(predictive, ensemble.members, samples, seed).predict(
         dataset.images)
     seconds = time.perf_counter() - started
-    frame = pd.DataFrame({
-        "index": range(len(dataset)),
-        "label": dataset.labels.numpy(),
-        "predicted": prediction.predicted.numpy(),
-        "majority_vote": prediction.majority_vote.numpy(),
-        "vote_ratio": prediction.vote_ratio.numpy(),
-        **{f"p_{name}": column.numpy()
-           for name, column in zip(ensemble.classes, prediction.mean_probs.T, strict=True)},
-    })
+    known = tuple(dataset.classes) == ensemble.classes
+    frame = per_sample.table(
+        [per_sample.rows(data, "id" if known else "ood", labels=dataset.labels if known else None,
+                         label_names=[dataset.classes[k] if k >= 0 else ""
+                                      for k in dataset.labels.tolist()],
+                         classes=ensemble.classes, predictions={predictive: prediction},
+                         scores={predictive: uncertainty.compute(prediction)})],
+        classes=ensemble.classes, in_distribution=str(ensemble.data["name"]),
+        measures=uncertainty.names())
     _write_table(frame, path)
     console.print(f"{predictive} of {len(ensemble.members)} member(s), "
                   f"{prediction.sample_probs.shape[0]} samples per input, "
                   f"{len(dataset)} inputs in {seconds:.2f} s")
-    if tuple(dataset.classes) == ensemble.classes:
+    if known:
         accuracy = float((prediction.predicted == dataset.labels).float().mean())
         console.print(f"accuracy on {data} ({split}): {accuracy:.4f}")
     else:

@@ -1,9 +1,12 @@
 """Uncertainty measures: one score per input from a Prediction's samples [S, N, K].
 
-Every measure returns a float tensor [N] where higher means more uncertain (DESIGN.md), with
-natural logarithms (nats). Measures live in a registry so that the report and the CLI list,
-describe and compute them the same way. Measures of how much the samples' explanations
-disagree read maps, not probabilities: ``trustmap.explain.disagreement``.
+Every measure returns a float tensor [N] that holds what its name says, with natural logarithms
+(nats): ``msp`` is the maximum probability (higher = more confident), a variance is >= 0. Most
+measures rise with uncertainty; those that fall with it carry ``as_uncertainty``, the score that
+rises with it, which detection metrics rank by (``uncertainty_scores``). Measures live in a
+registry so that the report and the CLI list, describe and compute them the same way. Measures
+of how much the samples' explanations disagree read maps, not probabilities:
+``trustmap.explain.disagreement``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ def _entropy(probs: torch.Tensor) -> torch.Tensor:
 
 
 def msp(prediction: Prediction) -> torch.Tensor:
-    """One minus the maximum softmax probability of the predictive distribution."""
-    return 1 - prediction.mean_probs.max(1).values
+    """The maximum softmax probability of the predictive distribution (Hendrycks & Gimpel 2017)."""
+    return prediction.mean_probs.max(1).values
 
 
 def entropy(prediction: Prediction) -> torch.Tensor:
@@ -58,12 +61,12 @@ def class_variance(prediction: Prediction) -> torch.Tensor:
 
 
 def softmax_variance(prediction: Prediction) -> torch.Tensor:
-    """Negated population variance over classes of the averaged probabilities.
+    """Population variance over classes of the averaged probabilities.
 
-    Seed 000's "variance of the softmax vector" (np.var over the K outputs of one model) is
-    high for confident predictions; negating it makes higher mean more uncertain.
+    Seed 000's "variance of the softmax vector" (np.var over the K outputs of one model): high
+    for confident predictions, so it is ranked negated.
     """
-    return -prediction.mean_probs.var(1, correction=0)
+    return prediction.mean_probs.var(1, correction=0)
 
 
 def energy(prediction: Prediction) -> torch.Tensor:
@@ -81,12 +84,28 @@ class Measure:
 
     ``needs_multiple_samples`` marks measures that are degenerate for S = 1 (constant, or equal to
     another measure): they are still computed, and a report can grey them out.
+    ``as_uncertainty`` is given for measures that fall as uncertainty rises (``msp``): the score
+    that rises with it, the one detection ranks inputs by.
     """
 
     name: str
     definition: str
     compute: Callable[[Prediction], torch.Tensor]
     needs_multiple_samples: bool
+    as_uncertainty: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @property
+    def higher_means(self) -> str:
+        """What a higher value says about the input, for tables and figures."""
+        return LESS_TRUSTWORTHY if self.as_uncertainty is None else MORE_TRUSTWORTHY
+
+    def uncertainty(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` of this measure as a score that rises with uncertainty."""
+        return values if self.as_uncertainty is None else self.as_uncertainty(values)
+
+
+LESS_TRUSTWORTHY = "less trustworthy"
+MORE_TRUSTWORTHY = "more trustworthy"
 
 
 _REGISTRY: dict[str, Measure] = {}
@@ -133,8 +152,22 @@ def compute(prediction: Prediction, names: Iterable[str] | None = None
     return {measure.name: measure.compute(prediction) for measure in selected}
 
 
+def higher_means(name: str) -> str:
+    """What a higher value of the score ``name`` says; scores not registered here (explanation
+    disagreement) rise with uncertainty."""
+    return _REGISTRY[name].higher_means if name in _REGISTRY else LESS_TRUSTWORTHY
+
+
+def uncertainty_scores(scores: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every score as one that rises with uncertainty (``Measure.uncertainty``); scores not
+    registered here (explanation disagreement) already do."""
+    return {name: _REGISTRY[name].uncertainty(values) if name in _REGISTRY else values
+            for name, values in scores.items()}
+
+
 for _measure in (
-    Measure("msp", "1 - max_k p_k of the mean probabilities p = mean_s p_s", msp, False),
+    Measure("msp", "max_k p_k of the mean probabilities p = mean_s p_s; ranked as 1 - max_k p_k",
+            msp, False, lambda values: 1 - values),
     Measure("entropy", "H(p) = -sum_k p_k log p_k of the mean probabilities p", entropy, False),
     Measure("expected_entropy", "mean_s H(p_s), the average entropy of the samples",
             expected_entropy, True),
@@ -143,8 +176,8 @@ for _measure in (
     Measure("variation_ratio", "1 - (votes for the modal class) / S", variation_ratio, True),
     Measure("class_variance", "Var_s p_s[c] with c = argmax_k p_k (population variance)",
             class_variance, True),
-    Measure("softmax_variance", "-Var_k p_k of the mean probabilities (population variance)",
-            softmax_variance, False),
+    Measure("softmax_variance", "Var_k p_k of the mean probabilities (population variance); "
+            "ranked negated", softmax_variance, False, torch.neg),
     Measure("energy", "-log sum_k exp(mean_s z_sk) of the sample-averaged logits z",
             energy, False),
 ):

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
+from trustmap import per_sample
+from trustmap.predictive import Prediction
 from trustmap.report.results import ExplanationResults, RunResults
 from trustmap.studies.run_page import write_report
 
@@ -51,30 +53,35 @@ BEST = {"letters": ("mutual_information", "ensemble", 0.912),
 def _per_sample(rng: np.random.Generator) -> pd.DataFrame:
     """Five members whose margins shrink and disagreement grows from ID to OOD; the single
     network is member 0, so its mutual information and vote ratio have no spread."""
-    frames = []
+    classes = [str(k) for k in range(10)]
+    parts = []
     for (name, n), margin, spread in zip(DATASETS.items(), (6.0, 2.0, 0.5), (0.5, 1.5, 1.0),
                                          strict=True):
         logits = margin * np.eye(10)[rng.integers(0, 10, n)] + spread * rng.normal(size=(5, n, 10))
         probs = np.exp(logits) / np.exp(logits).sum(2, keepdims=True)  # [S, N, K]
         mean = probs.mean(0)
-        predicted = mean.argmax(1)
         entropy = -(mean * np.log(mean)).sum(1)
         votes = np.array([np.bincount(column, minlength=10).max() / 5
                           for column in probs.argmax(2).T])
         first = probs[0]
-        frame = {"dataset": name, "index": np.arange(n), "label": rng.integers(0, 10, n),
-                 "single:predicted": first.argmax(1), "single:confidence": first.max(1),
-                 "single:vote_ratio": np.ones(n),
-                 "single:entropy": -(first * np.log(first)).sum(1),
-                 "single:mutual_information": np.zeros(n), "single:variation_ratio": np.zeros(n),
-                 "ensemble:predicted": predicted,
-                 "ensemble:confidence": mean[np.arange(n), predicted],
-                 "ensemble:vote_ratio": votes, "ensemble:entropy": entropy,
-                 "ensemble:mutual_information": entropy + (probs * np.log(probs)).sum(2).mean(0),
-                 "ensemble:variation_ratio": 1 - votes,
-                 "ensemble:gradcam_rank_disagreement": rng.uniform(0, 1, n)}
-        frames.append(pd.DataFrame(frame))
-    return pd.concat(frames, ignore_index=True)
+        scores = {
+            "single": {"entropy": -(first * np.log(first)).sum(1),
+                       "mutual_information": np.zeros(n), "variation_ratio": np.zeros(n)},
+            "ensemble": {"entropy": entropy,
+                         "mutual_information": entropy + (probs * np.log(probs)).sum(2).mean(0),
+                         "variation_ratio": 1 - votes,
+                         "gradcam_rank_disagreement": rng.uniform(0, 1, n)}}
+        labels = torch.as_tensor(rng.integers(0, 10, n))
+        role = "id" if name == "mnist" else "ood"
+        parts.append(per_sample.rows(
+            name, role, labels=labels if role == "id" else None,
+            label_names=[str(int(k)) for k in labels], classes=classes,
+            predictions={"single": Prediction.from_probs(torch.as_tensor(first[None])),
+                         "ensemble": Prediction.from_probs(torch.as_tensor(probs))},
+            scores={kind: {m: torch.as_tensor(v) for m, v in by_measure.items()}
+                    for kind, by_measure in scores.items()}))
+    return per_sample.table(parts, classes=classes, in_distribution="mnist",
+                            measures=list(MEASURES))
 
 
 def _reliability() -> pd.DataFrame:

@@ -190,8 +190,9 @@ def test_bad_results_are_refused_before_anything_is_written(results: RunResults,
 
 def test_roc_legend_is_sklearn_auroc_with_ood_as_positives(results: RunResults) -> None:
     figure = figures.roc_curves(results, "letters", "ensemble")
-    rows = results.per_sample[results.per_sample["dataset"].isin(["mnist", "letters"])]
-    expected = roc_auc_score(rows["dataset"] == "letters", rows["ensemble:entropy"])
+    frame = results.per_sample
+    rows = frame[frame["set"].isin(["mnist", "letters"]) & (frame["predictive"] == "ensemble")]
+    expected = roc_auc_score(rows["set"] == "letters", rows["entropy"])
     labels = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
     plt.close(figure)
     assert f"entropy (AUROC {expected:.3f})" in labels
@@ -203,13 +204,13 @@ def test_extreme_inputs_show_the_most_uncertain_first(results: RunResults) -> No
     captions = [[text.get_text() for text in axis.texts] for axis in (most, least)]
     mosaic = most.get_images()[0].get_array()
     plt.close(figure)
-    rows = results.per_sample[results.per_sample["dataset"] == "letters"]
-    ranked = rows.sort_values("ensemble:entropy", ascending=False)
+    frame = results.per_sample
+    rows = frame[(frame["set"] == "letters") & (frame["predictive"] == "ensemble")]
+    ranked = rows.sort_values("entropy", ascending=False)
     top, bottom = ranked.iloc[0], ranked.iloc[-1]
     assert [len(found) for found in captions] == [16, 16]
-    assert captions[0][0] == f"pred {top['ensemble:predicted']}\n{top['ensemble:entropy']:.3f}"
-    assert captions[1][0] == \
-        f"pred {bottom['ensemble:predicted']}\n{bottom['ensemble:entropy']:.3f}"
+    assert captions[0][0] == f"pred {top['pred_name']}\n{top['entropy']:.3f}"
+    assert captions[1][0] == f"pred {bottom['pred_name']}\n{bottom['entropy']:.3f}"
     first = results.images["letters"][int(top["index"])][0].clamp(0, 1).numpy()
     assert np.allclose(mosaic[:first.shape[0], :first.shape[1]], first)  # the first tile
 

@@ -59,19 +59,41 @@ def test_run_writes_report_metrics_and_per_sample(small_run) -> None:
     assert output.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
     assert (out / "report.html").is_file()
     frame = pd.read_parquet(out / "per_sample.parquet")
-    sizes = frame.groupby("dataset").size().to_dict()
-    assert sizes["mnist-embedded"] == 120 and sizes["letters"] == 120
-    assert sizes["adv:pgd:0.2:ensemble"] == 40 and sizes["noise:pgd:0.2:ensemble"] == 40
-    for kind in ("single", "ensemble", "mc-dropout", "ensemble-mc"):
-        for name in MEASURES:
-            assert f"{kind}:{name}" in frame.columns, (kind, name)
-        for name in disagreement.MEASURES:
-            # explanation disagreement is scored under explanations.predictives only
-            assert (f"{kind}:{name}" in frame.columns) == (kind in EXPLAINED), (kind, name)
-    cv = frame["ensemble:gradcam_cv"]
+    kinds = ("single", "ensemble", "mc-dropout", "ensemble-mc")
+    sizes = frame.groupby("set").size().to_dict()
+    assert sizes["mnist-embedded"] == 120 * 4 and sizes["letters"] == 120 * 4
+    assert sizes["adv:pgd:0.2:ensemble"] == 40 * 4 and sizes["noise:pgd:0.2:ensemble"] == 40 * 4
+    roles = frame.groupby("set")["role"].first().to_dict()
+    assert roles["mnist-embedded"] == "id" and roles["letters"] == "ood"
+    assert roles["adv:pgd:0.2:ensemble"] == "adversarial"
+    assert roles["noise:pgd:0.2:ensemble"] == "noise"
+    attacked = frame[frame["set"] == "adv:pgd:0.2:ensemble"]
+    assert set(attacked["attack"]) == {"pgd"} and set(attacked["epsilon"]) == {0.2}
+    assert set(attacked["attacked"]) == {"ensemble"}
+    # letters are not digits: no label in the model's classes, but their own names
+    letters = frame[frame["set"] == "letters"]
+    assert letters["label"].isna().all() and letters["correct"].isna().all()
+    assert set(letters["label_name"]) <= set("ABCDEFGHIJ")
+    assert set(frame["predictive"]) == set(kinds)
+    meta = frame.attrs["trustmap"]
+    assert meta["classes"] == [str(k) for k in range(10)]
+    assert meta["higher_means"]["msp"] == "more trustworthy"
+    assert meta["higher_means"]["entropy"] == "less trustworthy"
+    probs = frame[[f"p_{k}" for k in range(10)]].to_numpy()
+    assert (frame["msp"].to_numpy() == probs.max(1)).all()
+    assert (frame["softmax_variance"] >= 0).all()
+    for name in MEASURES:
+        assert frame[name].notna().all(), name
+    for name in disagreement.MEASURES:
+        # explanation disagreement is scored under explanations.predictives only
+        for kind in kinds:
+            scored = frame.loc[frame["predictive"] == kind, name].notna()
+            assert scored.all() if kind in EXPLAINED else not scored.any(), (kind, name)
+    ensemble = frame[frame["predictive"] == "ensemble"]
+    cv = ensemble["gradcam_cv"]
     assert cv.between(0, 1).all() and cv.std() > 0  # 2 members: CV <= sqrt(2 - 1)
-    ensemble = frame[frame.dataset == "mnist-embedded"]
-    assert ((ensemble["ensemble:predicted"] == ensemble["label"]).mean()) > 0.8
+    clean = ensemble[ensemble["set"] == "mnist-embedded"]
+    assert clean["correct"].mean() > 0.8 and (clean["pred"] == clean["label"]).mean() > 0.8
 
 
 def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:

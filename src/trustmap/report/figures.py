@@ -14,6 +14,7 @@ from trustmap.data.dataset import Dataset
 from trustmap.report import plot
 from trustmap.report.plot import save_figure as save_figure  # where the CLI imports it from
 from trustmap.report.results import RunResults
+from trustmap.uncertainty import MORE_TRUSTWORTHY, higher_means
 
 
 def class_grid(dataset: Dataset, per_class: int = 10, max_classes: int = 10) -> Figure:
@@ -39,9 +40,28 @@ RANKING_MEASURES = ("entropy", "predictive_entropy")
 """Measures that rank inputs by total uncertainty, preferred in this order for the input grids."""
 
 
-def sample_column(predictive: str, name: str) -> str:
-    """The ``per_sample`` column of ``name`` (a measure, "confidence", ...) under ``predictive``."""
-    return f"{predictive}:{name}"
+def scored(results: RunResults, predictive: str, measure: str) -> bool:
+    """Whether ``measure`` has values under ``predictive`` (explanation disagreement is scored
+    under the explained predictives only)."""
+    frame = results.per_sample
+    return measure in frame.columns and bool(
+        frame.loc[frame["predictive"] == predictive, measure].notna().any())
+
+
+def sample_rows(results: RunResults, predictive: str, dataset: str | None = None) -> pd.DataFrame:
+    """The per-sample rows of ``predictive`` (on one set, if given)."""
+    frame = results.per_sample
+    keep = frame["predictive"] == predictive
+    if dataset is not None:
+        keep &= frame["set"] == dataset
+    return frame[keep.to_numpy(dtype=bool)]
+
+
+def ranked(measure: str, values: pd.Series | np.ndarray) -> np.ndarray:
+    """A measure's values as a score that rises with uncertainty (``msp`` and
+    ``softmax_variance`` fall with it): what "most uncertain" and ROC curves rank by."""
+    array = np.asarray(values, dtype=float)
+    return -array if higher_means(measure) == MORE_TRUSTWORTHY else array
 
 
 def ranking_measure(results: RunResults) -> str:
@@ -52,7 +72,7 @@ def ranking_measure(results: RunResults) -> str:
 
 def dataset_order(results: RunResults) -> list[str]:
     """The ID set first, then the others in table order, so every figure agrees on colours."""
-    names = dict.fromkeys(results.per_sample["dataset"])
+    names = dict.fromkeys(results.per_sample["set"])
     return [results.in_distribution] + [name for name in names if name != results.in_distribution]
 
 
@@ -62,32 +82,37 @@ def compared_sets(results: RunResults) -> list[str]:
     Those controls (``noise:...``) are negatives of the adversarial protocol, reported in its
     table; drawn beside twenty other sets they would only crowd the figures.
     """
-    return [name for name in dataset_order(results) if not name.startswith("noise:")]
+    roles = dict(zip(results.per_sample["set"], results.per_sample["role"], strict=True))
+    return [name for name in dataset_order(results) if roles[name] != "noise"]
 
 
 def _colours(results: RunResults) -> dict[str, Any]:
     return plot.colours(compared_sets(results) + dataset_order(results))  # compared first
 
 
+def _floats(values: pd.Series) -> np.ndarray:
+    return values.to_numpy(dtype=float, na_value=np.nan)
+
+
 def _finite(values: pd.Series) -> np.ndarray:
-    array = values.to_numpy(dtype=float)
+    array = _floats(values)
     return array[np.isfinite(array)]
 
 
 def measure_histogram(results: RunResults, measure: str, predictive: str) -> Figure:
     """Density of one measure on every dataset over shared bins: how far apart ID and OOD lie."""
-    column = sample_column(predictive, measure)
-    bins = np.histogram_bin_edges(_finite(results.per_sample[column]), bins=40)
+    scores = sample_rows(results, predictive)
+    bins = np.histogram_bin_edges(_finite(scores[measure]), bins=40)
     colours = _colours(results)
     figure, axis = plt.subplots(figsize=(5.6, 3.4))
     for name in compared_sets(results):
-        values = _finite(results.per_sample.loc[results.per_sample["dataset"] == name, column])
+        values = _finite(scores.loc[scores["set"] == name, measure])
         density, _ = np.histogram(values, bins=bins, density=True)
         # stairs: one path per set (hist's per-bar patches took most of the figure's time)
         axis.stairs(density, bins, fill=True, alpha=0.3, color=colours[name])
         axis.stairs(density, bins, linewidth=1.4, color=colours[name],
                     label=f"{name} (n={len(values)})")
-    axis.set_xlabel(f"{measure} (higher = more uncertain)")
+    axis.set_xlabel(f"{measure} (higher = {higher_means(measure)})")
     axis.set_ylabel("density")
     axis.set_title(f"{measure} under {predictive}")
     plot.legend_outside(axis)
@@ -100,17 +125,15 @@ def confidence_scatter(results: RunResults, measure: str, predictive: str,
 
     At most ``max_points`` per dataset, drawn with ``seed``, so large sets stay legible.
     """
-    column = sample_column(predictive, measure)
-    confidence = sample_column(predictive, "confidence")
     colours = _colours(results)
     rng = np.random.default_rng(seed)
     figure, axis = plt.subplots(figsize=(5.6, 3.8))
     for name in compared_sets(results):
-        rows = results.per_sample[results.per_sample["dataset"] == name]
-        if len(rows) > max_points:
-            rows = rows.iloc[np.sort(rng.choice(len(rows), max_points, replace=False))]
-        axis.scatter(rows[confidence], rows[column], s=6, alpha=0.45, color=colours[name],
-                     label=name, rasterized=True, linewidths=0)
+        shown = sample_rows(results, predictive, name)
+        if len(shown) > max_points:
+            shown = shown.iloc[np.sort(rng.choice(len(shown), max_points, replace=False))]
+        axis.scatter(_floats(shown["confidence"]), _floats(shown[measure]), s=6, alpha=0.45,
+                     color=colours[name], label=name, rasterized=True, linewidths=0)
     axis.set_xlabel("confidence (mean probability of the predicted class)")
     axis.set_ylabel(measure)
     axis.set_title(f"confidence vs {measure} under {predictive}")
@@ -120,7 +143,6 @@ def confidence_scatter(results: RunResults, measure: str, predictive: str,
 
 def vote_ratio_histogram(results: RunResults, predictive: str) -> Figure:
     """Share of inputs at each vote ratio, one panel per dataset: how often the samples agree."""
-    column = sample_column(predictive, "vote_ratio")
     names = compared_sets(results)
     colours = _colours(results)
     columns = min(len(names), 5)
@@ -130,7 +152,7 @@ def vote_ratio_histogram(results: RunResults, predictive: str) -> Figure:
     for axis in axes.flat[len(names):]:
         axis.set_visible(False)
     for axis, name in zip(axes.flat, names, strict=False):
-        values = _finite(results.per_sample.loc[results.per_sample["dataset"] == name, column])
+        values = _finite(sample_rows(results, predictive, name)["vote_ratio"])
         ratios, counts = np.unique(values, return_counts=True)
         axis.bar(ratios, counts / max(len(values), 1), width=0.04, color=colours[name])
         axis.set_xlim(0, 1.05)
@@ -145,16 +167,15 @@ def vote_ratio_histogram(results: RunResults, predictive: str) -> Figure:
 
 def roc_curves(results: RunResults, ood_set: str, predictive: str) -> Figure:
     """ROC of every measure separating ``ood_set`` (positives) from the ID set (negatives)."""
-    dataset = results.per_sample["dataset"]
-    rows = results.per_sample[(dataset == results.in_distribution) | (dataset == ood_set)]
-    is_ood = (rows["dataset"] == ood_set).to_numpy()
+    scores = sample_rows(results, predictive)
+    scores = scores[scores["set"].isin([results.in_distribution, ood_set]).to_numpy(dtype=bool)]
+    is_ood = (scores["set"] == ood_set).to_numpy(dtype=bool)
     figure, axis = plt.subplots(figsize=(4.6, 4.2))
     axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1, label="chance")
     for measure in results.measures:
-        column = sample_column(predictive, measure)
-        if column not in rows:
+        if not scored(results, predictive, measure):
             continue
-        fpr, tpr, _ = roc_curve(is_ood, rows[column].to_numpy(dtype=float))
+        fpr, tpr, _ = roc_curve(is_ood, ranked(measure, _floats(scores[measure])))
         axis.plot(fpr, tpr, linewidth=1.6, label=f"{measure} (AUROC {auc(fpr, tpr):.3f})")
     axis.set_xlabel(f"false positive rate ({results.in_distribution} called OOD)")
     axis.set_ylabel(f"true positive rate ({ood_set} caught)")
@@ -201,11 +222,10 @@ def extreme_inputs(results: RunResults, dataset: str, predictive: str, measure: 
     Each block is one mosaic in one axis, captions under the tiles: one image to draw instead
     of one axis per input, which is what made these figures the slowest of the page.
     """
-    column = sample_column(predictive, measure)
-    rows = results.per_sample[results.per_sample["dataset"] == dataset].sort_values(
-        column, ascending=False, kind="stable")
+    shown = sample_rows(results, predictive, dataset)
+    shown = shown.iloc[np.argsort(-ranked(measure, _floats(shown[measure])), kind="stable")]
     images = results.images[dataset]
-    blocks = [("most uncertain", rows.head(count)), ("least uncertain", rows.tail(count)[::-1])]
+    blocks = [("most uncertain", shown.head(count)), ("least uncertain", shown.tail(count)[::-1])]
     lines = -(-count // columns)
     figure = plt.figure(figsize=(columns * 0.95, 2 * lines * 1.1 + 0.8))
     for axis, (title, block) in zip(figure.subplots(2, 1), blocks, strict=True):
@@ -219,10 +239,10 @@ def extreme_inputs(results: RunResults, dataset: str, predictive: str, measure: 
         plot.show_image(axis, tiles.reshape(lines * (height + gap_y), columns * (width + gap_x),
                                             *pictures.shape[3:]))
         for place, (_, row) in enumerate(block.iterrows()):
-            predicted = int(row[sample_column(predictive, "predicted")])
             axis.text(place % columns * (width + gap_x) + width / 2,
                       place // columns * (height + gap_y) + height,
-                      f"pred {predicted}\n{row[column]:.3f}", fontsize=7, ha="center", va="top")
+                      f"pred {row['pred_name']}\n{row[measure]:.3f}", fontsize=7, ha="center",
+                      va="top")
         axis.set_axis_off()
         axis.set_title(f"{dataset}: {title} by {measure} under {predictive}", fontsize=10)
     return figure

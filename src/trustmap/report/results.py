@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 import torch
 
+from trustmap.per_sample import KEY_COLUMNS, PREDICTION_COLUMNS
+
 
 @dataclass(frozen=True)
 class SetId:
@@ -55,9 +57,9 @@ class SetId:
 
 
 # Column sets of each table; the study produces exactly these and the report reads them.
-PER_SAMPLE_KEYS = ("dataset", "index", "label")
-"""``per_sample`` also has, for each predictive P: ``P:predicted``, ``P:confidence`` (mean
-probability of P's predicted class), ``P:vote_ratio``, and ``P:<measure>`` for every measure."""
+PER_SAMPLE_COLUMNS = KEY_COLUMNS + PREDICTION_COLUMNS
+"""One row per input and predictive (``trustmap.per_sample``); ``per_sample`` also has ``p_<class>``
+per class of the model and a column per measure."""
 OOD_COLUMNS = ("ood_set", "predictive", "measure", "auroc", "aupr_in", "aupr_out", "fpr95")
 MISCLASSIFICATION_COLUMNS = ("predictive", "measure", "auroc", "aupr_in", "aupr_out", "fpr95")
 CALIBRATION_COLUMNS = ("predictive", "stage", "temperature", "accuracy", "nll", "brier", "ece",
@@ -115,7 +117,7 @@ class RunResults:
     header: dict[str, Any]
     """What was run: command, config, datasets with provenance, seed, versions, seconds."""
     in_distribution: str
-    """Name of the ID test set, one of ``per_sample.dataset``."""
+    """Name of the ID test set, one of ``per_sample.set``."""
     predictives: list[str]
     measures: dict[str, str]
     """Measure name -> one-line definition, in display order."""

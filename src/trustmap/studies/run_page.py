@@ -32,7 +32,7 @@ from trustmap.report.results import (
     CALIBRATION_COLUMNS,
     MISCLASSIFICATION_COLUMNS,
     OOD_COLUMNS,
-    PER_SAMPLE_KEYS,
+    PER_SAMPLE_COLUMNS,
     PERTURBATION_COLUMNS,
     RELIABILITY_COLUMNS,
     SANITY_COLUMNS,
@@ -80,23 +80,19 @@ def _choose_predictive(results: RunResults, predictive: str | None) -> str:
 
 def check(results: RunResults) -> None:
     """Fail before drawing anything if a table lacks a column the page reads."""
-    per_sample = list(PER_SAMPLE_KEYS) + [
-        figures.sample_column(p, name) for p in results.predictives
-        for name in ("predicted", "confidence", "vote_ratio")]
     checks.check(results, columns={
-        "per_sample": per_sample, "ood": OOD_COLUMNS,
+        "per_sample": PER_SAMPLE_COLUMNS, "ood": OOD_COLUMNS,
         "misclassification": MISCLASSIFICATION_COLUMNS, "calibration": CALIBRATION_COLUMNS,
         "reliability": RELIABILITY_COLUMNS,
         "adversarial": ADVERSARIAL_COLUMNS, "explanations.perturbation": PERTURBATION_COLUMNS,
         "explanations.aopc": AOPC_COLUMNS, "explanations.sanity": SANITY_COLUMNS},
         nonempty=("predictives", "measures"))
     unscored = [m for m in results.measures
-                if not any(figures.sample_column(p, m) in results.per_sample.columns
-                           for p in results.predictives)]
+                if not any(figures.scored(results, p, m) for p in results.predictives)]
     if unscored:
         checks.fail(results, f"per_sample has no column for the measures {unscored} under any "
                     "predictive; score them or leave them out of measures")
-    if not (results.per_sample["dataset"] == results.in_distribution).any():
+    if not (results.per_sample["set"] == results.in_distribution).any():
         checks.fail(results, f"in_distribution={results.in_distribution!r} has no rows in "
                     "per_sample; name the ID test set as per_sample does")
 
@@ -110,7 +106,7 @@ def sections(results: RunResults, predictive: str = DEFAULT_PREDICTIVE) -> list[
     ranking = figures.ranking_measure(results)
     distributions = []
     for measure in results.measures:
-        if figures.sample_column(predictive, measure) not in results.per_sample.columns:
+        if not figures.scored(results, predictive, measure):
             continue  # an explanation measure scored under other predictives only
         distributions += [
             Job(f"hist-{measure}", f"{measure} on every dataset, density over shared bins",
@@ -214,12 +210,11 @@ def _degenerate(results: RunResults) -> set[tuple[str, str]]:
     single network: the run does not flag them, so they are recognised by having no spread."""
     found = set()
     for predictive in results.predictives:
+        scores = figures.sample_rows(results, predictive)
         for name in (*results.measures, "vote_ratio"):
-            column = figures.sample_column(predictive, name)
-            if column not in results.per_sample.columns:
+            if name not in scores.columns:
                 continue
-            values = results.per_sample[column]
-            if values.nunique(dropna=True) <= 1:
+            if scores[name].nunique(dropna=True) <= 1:
                 found.add((predictive, name))
     return found
 

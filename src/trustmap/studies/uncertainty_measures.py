@@ -15,12 +15,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 import trustmap
+from trustmap import per_sample
 from trustmap.atomic import Outputs
 from trustmap.data import Dataset, load
 from trustmap.errors import ConfigError, DataError
@@ -56,7 +56,7 @@ from trustmap.studies.base import (
 from trustmap.studies.ensemble_saliency import explanation_results, explanation_scores
 from trustmap.studies.settings import RunSettings
 from trustmap.training import EnsembleRun, split_validation
-from trustmap.uncertainty import MEASURES, compute
+from trustmap.uncertainty import MEASURES, compute, uncertainty_scores
 
 
 def _test_sets(ctx: RunContext) -> tuple[dict[str, Dataset], list[str]]:
@@ -120,19 +120,18 @@ def _adversarial_sets(ctx: RunContext, members: list[nn.Module], clean: Dataset,
     return sets, made_sets
 
 
-def _per_sample(name: str, dataset: Dataset, predictions: dict[str, Prediction],
+def _per_sample(name: str, id_name: str, dataset: Dataset, classes: tuple[str, ...],
+                predictions: dict[str, Prediction],
                 scores: dict[str, dict[str, torch.Tensor]]) -> pd.DataFrame:
-    columns: dict[str, Any] = {"dataset": name, "index": np.arange(len(dataset)),
-                               "label": dataset.labels.numpy()}
-    for kind, prediction in predictions.items():
-        predicted = prediction.predicted
-        columns[f"{kind}:predicted"] = predicted.numpy()
-        columns[f"{kind}:confidence"] = prediction.mean_probs.gather(
-            1, predicted[:, None])[:, 0].numpy()
-        columns[f"{kind}:vote_ratio"] = prediction.vote_ratio.numpy()
-        for measure, values in scores[kind].items():
-            columns[f"{kind}:{measure}"] = values.numpy()
-    return pd.DataFrame(columns)
+    """The set's rows of the per-sample table: labels only where they are the model's classes
+    (the ID set and the attacked copies of it), the set's own class names everywhere."""
+    identity = SetId.parse(name, id_name)
+    labels = dataset.labels if identity.role != "ood" and dataset.classes == classes else None
+    own = [dataset.classes[k] if k >= 0 else "" for k in dataset.labels.tolist()]
+    attack = ({"attack": identity.attack, "epsilon": identity.epsilon,
+               "attacked": identity.attacked} if identity.attack else None)
+    return per_sample.rows(name, identity.role, labels=labels, label_names=own, classes=classes,
+                           predictions=predictions, scores=scores, attack=attack)
 
 
 def _ood_table(id_name: str, ood_names: list[str], kinds: list[str], measures: list[str],
@@ -286,17 +285,22 @@ class UncertaintyStudy:
             calibration, reliability = _calibration(ctx, ensemble, val, sets[id_name],
                                                     predictions[id_name])
         with ctx.timed("tables"):
+            ranked = {name: {kind: uncertainty_scores(values) for kind, values in by_kind.items()}
+                      for name, by_kind in scores.items()}
             tables = _detection_tables(cache, id_name, ood_names, adversarial,
                                        settings.adversarial.n, kinds, measures, sets[id_name],
-                                       predictions, scores)
+                                       predictions, ranked)
+            classes = sets[id_name].classes
             results = RunResults(
                 header=_header(ctx, ensemble, sets, skipped),
                 in_distribution=id_name,
                 predictives=kinds,
                 measures={m: (MEASURES.get(m) or disagreement.MEASURES[m]).definition
                           for m in measures},
-                per_sample=pd.concat([_per_sample(n, d, predictions[n], scores[n])
-                                      for n, d in sets.items()], ignore_index=True),
+                per_sample=per_sample.table(
+                    [_per_sample(n, id_name, d, classes, predictions[n], scores[n])
+                     for n, d in sets.items()],
+                    classes=classes, in_distribution=id_name, measures=measures),
                 ood=tables["ood"],
                 misclassification=tables["misclassification"],
                 calibration=calibration,
