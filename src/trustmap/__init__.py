@@ -11,9 +11,20 @@ from trustmap.errors import CheckpointError, ConfigError, DataError, ModelError,
 
 __all__ = [
     "__version__",
+    "audit",
     "TrustmapError",
     "DataError",
     "ModelError",
     "CheckpointError",
     "ConfigError",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """``trustmap.audit`` is imported on first use: ``import trustmap`` stays light (the CLI's
+    ``--version`` and error classes need no torch)."""
+    if name == "audit":
+        from trustmap.api import audit
+
+        return audit
+    raise AttributeError(f"module 'trustmap' has no attribute {name!r}")

@@ -7,6 +7,8 @@ arguments reads as advice rather than a traceback.
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +72,9 @@ def main(version: Annotated[bool, typer.Option("--version", help="Print the vers
     if version:
         console.print(trustmap.__version__)
         raise typer.Exit()
+    if os.getcwd() not in sys.path:
+        # as `python -m` does: a model factory "mymodels:make" next to the user is importable
+        sys.path.insert(0, os.getcwd())
 
 
 # --- run and the studies --------------------------------------------------------------------
@@ -96,18 +101,38 @@ def run(
     name: Annotated[str | None, typer.Option(help="Run name: output goes to RUNS_DIR/NAME.")]
     = None,
     runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
+    data: Annotated[str | None, typer.Option(
+        help="In-distribution data: a dataset name, an ImageFolder, a folder of class "
+        "folders or an .npz (data.in_distribution).")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="A zoo model to train (model.name), or package.module:callable building your "
+        "own network (model.factory, with --checkpoints).")] = None,
+    checkpoints: Annotated[str | None, typer.Option(
+        help="Comma-separated trained weights of your network, one per member "
+        "(model.checkpoints).")] = None,
     device: Annotated[str | None, typer.Option(help="Torch device, e.g. cpu or cuda.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Images per forward pass when the run predicts its sets (batch_size).")] = None,
     quiet: Quiet = False,
 ) -> None:
-    """The main job: train (or reuse) an ensemble, measure uncertainty on ID, OOD and
-    adversarial inputs, and write report.html, metrics.json and per_sample.parquet."""
+    """The main job: train (or reuse, or load your own) ensemble, measure uncertainty on ID,
+    OOD and adversarial inputs, and write report.html, metrics.json and per_sample.parquet."""
     from trustmap.studies.registry import load_settings
     from trustmap.studies.registry import run as run_all
 
-    overrides = {**({"name": name} if name is not None else {}), **_device_override(device)}
+    model_table: dict[str, Any] = {}
+    if model is not None:
+        model_table["factory" if ":" in model else "name"] = model
+    if checkpoints is not None:
+        model_table["checkpoints"] = [c.strip() for c in checkpoints.split(",") if c.strip()]
+    overrides = {**({"name": name} if name is not None else {}), **_device_override(device),
+                 **({"batch_size": batch_size} if batch_size is not None else {}),
+                 **({"data": {"in_distribution": data}} if data is not None else {}),
+                 **({"model": model_table} if model_table else {})}
     settings = load_settings(None, config, overrides)
-    report = run_all(settings, runs_dir / settings.name, progress=not quiet, log=_log(quiet),
-                     command="trustmap run" + (f" --config {config}" if config else ""))
+    report, _ = run_all(settings, runs_dir / settings.name, progress=not quiet,
+                        log=_log(quiet),
+                        command="trustmap run" + (f" --config {config}" if config else ""))
     console.print(f"report: {report}")
 
 
@@ -301,17 +326,19 @@ def data_fetch(
 @data_app.command("show")
 @friendly_errors
 def data_show(
-    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    name: Annotated[str, typer.Argument(help="Dataset name, or a folder or .npz of images.")],
     split: Annotated[str, typer.Option(help="train or test.")] = "test",
     out: Annotated[Path | None, typer.Option(help="PNG path (default NAME-SPLIT.png).")] = None,
     per_class: Annotated[int, typer.Option(help="Images per class.")] = 10,
 ) -> None:
-    """Save a PNG grid of sample images, one row per class."""
+    """Save a PNG grid of sample images, one row per class (rows of the first images of an
+    unlabelled set)."""
     from trustmap.data import load
     from trustmap.report.figures import class_grid, save_figure
 
     dataset = load(name, split)
-    path = save_figure(class_grid(dataset, per_class), out or Path(f"{name}-{split}.png"))
+    path = save_figure(class_grid(dataset, per_class),
+                       out or Path(f"{_file_name(name)}-{split}.png"))
     console.print(f"wrote {path}")
 
 
@@ -444,7 +471,7 @@ def predict(
     check_predictive(predictive, samples)
     dataset = load(data, split)
     ensemble = load_ensemble(_checkpoints(run), torch_device)
-    path = out or run / f"predictions-{data}-{split}-{predictive}.csv"
+    path = out or run / f"predictions-{_file_name(data)}-{split}-{predictive}.csv"
     check_writable(path, folder=False)
     started = time.perf_counter()
     prediction = make_predictive(predictive, ensemble.members, samples, seed).predict(
@@ -470,6 +497,11 @@ def predict(
         console.print(f"{data} has other classes than the run was trained on "
                       f"({ensemble.data['name']}): no accuracy (an out-of-distribution set)")
     console.print(f"wrote {path}")
+
+
+def _file_name(data: str) -> str:
+    """A data reference as part of a file name: a path's last part, without its suffix."""
+    return Path(data).stem if any(sep in data for sep in "/\\") else data
 
 
 def _checkpoints(run: Path) -> Path:
@@ -547,7 +579,7 @@ def explain(
     torch_device = _device(device)
     dataset = load(data, split)
     ensemble = load_ensemble(_checkpoints(run), torch_device)
-    folder = out or run / f"explain-{data}-{predictive}"
+    folder = out or run / f"explain-{_file_name(data)}-{predictive}"
     check_writable(folder, folder=True)
     x = dataset.images[:n]
     sampler = make_predictive(predictive, ensemble.members, samples, seed)

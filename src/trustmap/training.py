@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from numbers import Integral, Real
 from pathlib import Path
@@ -29,7 +29,8 @@ import trustmap
 from trustmap.atomic import Outputs, check_writable, remove_stale_temporaries, write_atomic
 from trustmap.data.dataset import Dataset
 from trustmap.errors import CheckpointError, ConfigError, ModelError, TrustmapError, did_you_mean
-from trustmap.models import build, channels_last, names, to_channels_last
+from trustmap.models import build, channels_last, names, sized, to_channels_last
+from trustmap.models.base import INPUT_SIZE
 from trustmap.models.vae import NAME as VAE_NAME
 from trustmap.models.vae import VAE, vae_loss
 from trustmap.models.vae import build as build_vae
@@ -477,10 +478,11 @@ class RunSpec:
 
 @dataclass
 class EnsembleRun:
-    """A trained ensemble as restored from disk."""
+    """A trained ensemble as restored from disk, or members a user gave (``spec`` None: they
+    were not trained here)."""
 
     directory: Path
-    spec: RunSpec
+    spec: RunSpec | None
     members: list[nn.Module]
     member_meta: list[dict[str, Any]]
     data: dict[str, Any]
@@ -519,14 +521,25 @@ def _read_run(directory: Path) -> tuple[RunSpec, dict[str, Any]]:
     return spec, data
 
 
+def image_size_options(model: str, size: Sequence[int]) -> dict[str, Any]:
+    """The build option of zoo model ``model`` for images of ``size`` [H, W]: none for 28x28
+    (every image model's default, so the records of 28x28 runs stay as they were) or for a
+    recurrent model (it checks its own sequence shape), else ``input_size``."""
+    if tuple(size) == (INPUT_SIZE, INPUT_SIZE) or not sized(model):
+        return {}
+    return {"input_size": list(size)}
+
+
 def _member_args(spec: RunSpec, data: dict[str, Any], path: Path) -> dict[str, Any]:
-    """The build arguments every member of the run records: its model, the data's channels
-    and classes, and every option as the builder normalises it (the input statistics only
-    where the spec sets them; otherwise each member records its training split's)."""
+    """The build arguments every member of the run records: its model, the data's channels,
+    classes and image size, and every option as the builder normalises it (the input
+    statistics only where the spec sets them; otherwise each member records its training
+    split's)."""
     try:
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            size = data.get("image_size", (INPUT_SIZE, INPUT_SIZE))
             reference = build(spec.model, data["in_channels"], len(data["classes"]),
-                              **spec.model_kwargs)
+                              **image_size_options(spec.model, size), **spec.model_kwargs)
     except TrustmapError as error:
         raise CheckpointError(f"{path} records a model that cannot be built ({error}); "
                               "delete the run folder and train again") from None
@@ -553,6 +566,8 @@ def _open_run(directory: Path, spec: RunSpec, train: Dataset) -> tuple[Dataset, 
     data_record = {"name": train.name, "split": train.split, "classes": list(train.classes),
                    "in_channels": train.in_channels, "provenance": train.provenance,
                    "train_size": len(train_part), "val_size": 0 if val is None else len(val)}
+    if image_size_options(spec.model, train.images.shape[2:]):  # 28x28 runs record none
+        data_record["image_size"] = list(train.images.shape[2:])
     run_file = directory / RUN_FILE
     same = False
     if run_file.exists():
@@ -590,8 +605,9 @@ def fit_ensemble(
     is None for a member that was resumed from disk.
     """
     directory = Path(out)
+    size = image_size_options(spec.model, train.images.shape[2:])
     with torch.device("meta"):  # the options are checked before the directory is claimed
-        build(spec.model, train.in_channels, train.num_classes, **spec.model_kwargs)
+        build(spec.model, train.in_channels, train.num_classes, **size, **spec.model_kwargs)
     train_part, val = _open_run(directory, spec, train)
     seeds = member_seeds(spec.seed, spec.members)
     for index, seed in enumerate(seeds):
@@ -601,7 +617,7 @@ def fit_ensemble(
             continue
         torch.manual_seed(seed)
         model = build(spec.model, train.in_channels, train.num_classes,
-                      **{**input_statistics(train_part), **spec.model_kwargs}).to(device)
+                      **{**size, **input_statistics(train_part), **spec.model_kwargs}).to(device)
         result = fit(model, train_part, val, spec.train, seed=seed, progress=progress,
                      description=f"member {index + 1}/{spec.members}")
         save_member(directory, index, model.cpu(), result)

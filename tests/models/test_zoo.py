@@ -51,7 +51,8 @@ def test_build_args_rebuild_the_same_model(name):
     model = make(name, 3, 5, mean=[0.1, 0.2, 0.3], std=0.25)
     args = json.loads(json.dumps(model.build_args))
     defaults = next(row.defaults for row in describe() if row.name == name)
-    assert set(args) == {"name", "in_channels", "num_classes", *defaults}
+    # input_size is recorded only where it is not the default 28x28 (see the test below).
+    assert set(args) == {"name", "in_channels", "num_classes", *defaults} - {"input_size"}
     assert args["name"] == name
     assert (args["in_channels"], args["num_classes"]) == (3, 5)
     assert (args["mean"], args["std"]) == ([0.1, 0.2, 0.3], [0.25] * 3)
@@ -259,6 +260,13 @@ def test_unknown_option_lists_the_allowed_ones():
     ("lenet", {"mean": [0.1, 0.2], "in_channels": 3}, "mean"),
     ("lenet", {"mean": "0.5"}, "mean"),
     ("lenet", {"mean": math.inf}, "mean"),
+    ("lenet", {"input_size": 28}, "input_size"),
+    ("lenet", {"input_size": [28]}, "input_size"),
+    ("lenet", {"input_size": [28, 0]}, "input_size"),
+    ("lenet", {"input_size": [28.0, 28]}, "input_size"),
+    ("lenet", {"input_size": "28"}, "input_size"),
+    ("cnn", {"input_size": [7, 28]}, "input_size"),
+    ("resnet18", {"input_size": [28, 8]}, "input_size"),
 ])
 def test_bad_values_raise_model_error_naming_the_argument(name, arguments, named):
     with pytest.raises(ModelError, match=named):
@@ -270,6 +278,9 @@ def test_wrong_input_shape_is_a_model_error():
     with pytest.raises(ModelError, match=r"\[N, 1, 28, 28\]"):
         model(images(2, 3))
     with pytest.raises(ModelError, match="in_channels"):
+        model(images(2, 3))
+    with pytest.raises(ModelError, match=r"\[N, 1, 28, 28\], got \[2, 1, 32, 32\].*"
+                                         r"input_size=\[32, 32\]"):
         model(torch.rand(2, 1, 32, 32))
 
 
@@ -290,3 +301,159 @@ def test_channels_last_is_temporary_reentrant_and_exact():
         assert model.features.conv2.weight.is_contiguous()  # restored on exit
         assert torch.allclose(fast, expected, atol=1e-5)
         assert torch.equal(model(x), expected)  # outside the block: bit-identical again
+
+
+# --- image sizes -----------------------------------------------------------------------------
+
+MIN_SIDE = {"lenet": 8, "lenet5": 16, "cnn": 8, "cnn1000": 18, "alexnet": 8, "resnet18": 9,
+            "resnet34": 9}
+"""The smallest image side per model: the Grad-CAM layer keeps maps of at least 2x2."""
+
+SHAPES_28 = {
+    "lenet": {"features.conv1.weight": [20, 1, 5, 5], "features.conv1.bias": [20],
+              "features.conv2.weight": [50, 20, 5, 5], "features.conv2.bias": [50],
+              "head.fc1.weight": [500, 2450], "head.fc1.bias": [500],
+              "head.fc2.weight": [10, 500], "head.fc2.bias": [10]},
+    "lenet5": {"features.conv1.weight": [6, 1, 5, 5], "features.conv1.bias": [6],
+               "features.conv2.weight": [16, 6, 5, 5], "features.conv2.bias": [16],
+               "head.fc1.weight": [120, 400], "head.fc1.bias": [120],
+               "head.fc2.weight": [84, 120], "head.fc2.bias": [84],
+               "head.fc3.weight": [10, 84], "head.fc3.bias": [10]},
+    "cnn": {"features.conv1.weight": [32, 1, 3, 3], "features.conv1.bias": [32],
+            "features.conv2.weight": [64, 32, 3, 3], "features.conv2.bias": [64],
+            "head.fc1.weight": [128, 9216], "head.fc1.bias": [128],
+            "head.fc2.weight": [10, 128], "head.fc2.bias": [10]},
+    "cnn1000": {"features.conv1.weight": [32, 1, 3, 3], "features.conv1.bias": [32],
+                "features.conv2.weight": [64, 32, 5, 5], "features.conv2.bias": [64],
+                "head.fc1.weight": [1000, 1024], "head.fc1.bias": [1000],
+                "head.fc2.weight": [10, 1000], "head.fc2.bias": [10]},
+    "alexnet": {"features.conv1.weight": [48, 1, 5, 5], "features.conv1.bias": [48],
+                "features.conv2.weight": [128, 48, 5, 5], "features.conv2.bias": [128],
+                "features.conv3.weight": [192, 128, 3, 3], "features.conv3.bias": [192],
+                "features.conv4.weight": [192, 192, 3, 3], "features.conv4.bias": [192],
+                "features.conv5.weight": [128, 192, 3, 3], "features.conv5.bias": [128],
+                "head.fc1.weight": [1024, 1152], "head.fc1.bias": [1024],
+                "head.fc2.weight": [1024, 1024], "head.fc2.bias": [1024],
+                "head.fc3.weight": [10, 1024], "head.fc3.bias": [10]},
+}
+"""Every parameter of the plain CNNs for 1x28x28 and 10 classes, as they were before models
+took other sizes (``state_dict`` order; the normalisation buffers left out)."""
+
+PARAMETERS_28 = {"lenet": 1_256_080, "lenet5": 61_706, "cnn": 1_199_882, "cnn1000": 1_086_594,
+                 "alexnet": 3_170_154, "resnet18": 11_172_810, "resnet34": 21_280_970}
+"""describe()'s parameter counts (1x28x28, 10 classes, default width) before sizes came."""
+
+
+def _shapes(model: nn.Module) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in model.state_dict().items()
+            if not k.startswith("normalize.")}
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    ours, theirs = a.state_dict(), b.state_dict()
+    return list(ours) == list(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_28x28_is_the_architecture_it_always_was(name):
+    with torch.device("meta"):
+        default = build(name)
+    if name in SHAPES_28:
+        assert _shapes(default) == SHAPES_28[name]
+    assert {row.name: row.parameters for row in describe()}[name] == PARAMETERS_28[name]
+    assert "input_size" not in default.build_args  # member JSONs and run folders unchanged
+    torch.manual_seed(0)
+    first = build(name)
+    torch.manual_seed(0)
+    explicit = build(name, input_size=[28, 28])
+    assert _same_weights(first, explicit)
+    assert explicit.build_args == first.build_args
+    x = images(3)
+    with torch.no_grad():
+        assert torch.equal(first.eval()(x), explicit.eval()(x))
+
+
+def _old_lenet() -> nn.Module:
+    """Seed 000's LeNet as the zoo built it with its fixed 28x28 arithmetic."""
+    return nn.ModuleDict({
+        "conv1": nn.Conv2d(1, 20, 5, padding=2), "conv2": nn.Conv2d(20, 50, 5, padding=2),
+        "fc1": nn.Linear(50 * 7 * 7, 500), "fc2": nn.Linear(500, 10)})
+
+
+def _old_cnn() -> nn.Module:
+    """The Keras MNIST example as the zoo built it with its fixed 28x28 arithmetic."""
+    return nn.ModuleDict({
+        "conv1": nn.Conv2d(1, 32, 3), "conv2": nn.Conv2d(32, 64, 3),
+        "fc1": nn.Linear(64 * 12 * 12, 128), "fc2": nn.Linear(128, 10)})
+
+
+@pytest.mark.parametrize(("name", "old"), [("lenet", _old_lenet), ("cnn", _old_cnn)])
+def test_seed_0_gives_the_weights_of_the_fixed_size_code(name, old):
+    """The same layers made in the same order from the same seed: bit-identical weights, so
+    the default MNIST run's numbers cannot change."""
+    torch.manual_seed(0)
+    reference = old()
+    torch.manual_seed(0)
+    model = build(name)
+    weights = {k.split(".", 1)[1]: v for k, v in model.state_dict().items()
+               if not k.startswith("normalize.")}
+    assert list(weights) == [k for k in reference.state_dict()]
+    assert all(torch.equal(weights[k], v) for k, v in reference.state_dict().items())
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_any_size_from_the_minimum_up(name):
+    model = make(name, 3, 4, input_size=[32, 32]).eval()
+    assert model.input_size == (32, 32)
+    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 4)
+    assert model.build_args["input_size"] == [32, 32]
+    twin = build(**json.loads(json.dumps(model.build_args)))
+    twin.load_state_dict(model.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(model(x), twin.eval()(x))
+    maps = _gradcam_maps(model, x)
+    assert maps.shape[2] > 1 and maps.shape[3] > 1
+
+    side = MIN_SIDE[name]
+    assert next(row for row in describe() if row.name == name).min_input_size == (side, side)
+    smallest = make(name, 1, 3, input_size=[side, side + 5]).eval()
+    assert smallest.min_size == (side, side)
+    x = torch.rand(2, 1, side, side + 5)
+    assert smallest(x).shape == (2, 3)
+    maps = _gradcam_maps(smallest, x)
+    assert maps.shape[2] >= 2 and maps.shape[3] >= 2
+    for too_small in ([side - 1, 64], [64, side - 1]):
+        with pytest.raises(ModelError, match=rf"{name}: input_size .* at least {side}x{side}"):
+            build(name, input_size=too_small)
+
+
+@pytest.mark.parametrize("name", ["lenet", "lenet5", "cnn", "cnn1000", "alexnet"])
+def test_dense_heads_take_exactly_their_size(name):
+    model = make(name, 3, input_size=[32, 40]).eval()
+    assert model.fixed_size
+    with pytest.raises(ModelError, match=r"\[N, 3, 32, 40\], got \[2, 3, 28, 28\]"):
+        model(images(2, 3))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_resnets_pool_globally_and_take_any_size_from_9(name):
+    torch.manual_seed(0)
+    small = build(name, **SMALL[name])
+    torch.manual_seed(0)
+    large = build(name, input_size=[64, 48], **SMALL[name])
+    assert _same_weights(small, large)  # nothing in a ResNet depends on the size
+    assert not small.fixed_size
+    small.eval()
+    for size in ((9, 9), (32, 32), (40, 24)):
+        assert small(torch.rand(2, 1, *size)).shape == (2, 10)
+    with pytest.raises(ModelError, match=r"at least 9x9 pixels, got \[2, 1, 8, 32\]"):
+        small(torch.rand(2, 1, 8, 32))
+    with pytest.raises(ModelError, match=r"\[N, 1, H, W\], got \[2, 3, 28, 28\]"):
+        small(images(2, 3))
+
+
+def test_non_square_sizes_follow_the_arithmetic():
+    model = make("cnn", input_size=[28, 84])
+    # 28x84 -conv3-> 26x82 -conv3-> 24x80 -pool-> 12x40
+    assert model.head.fc1.in_features == 64 * 12 * 40
+    assert model.eval()(torch.rand(2, 1, 28, 84)).shape == (2, 10)

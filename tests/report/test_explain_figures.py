@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from trustmap.errors import DataError
 from trustmap.report.explain_figures import (
+    MAP_ALPHA,
     class_saliency_map,
     class_saliency_panel,
     explanation_grid,
@@ -112,12 +113,15 @@ def test_grid_scales_each_map_by_itself_and_keeps_the_sign() -> None:
     figure = _grid()
     axes = np.array(_image_axes(figure)).reshape(E, 1 + 2 * len(METHODS))
     for row in range(E):
-        signed = axes[row, 1].images[0]
+        # each mean map lies over its input in gray: the input first, then the map
+        under, signed = axes[row, 1].images
+        np.testing.assert_allclose(np.asarray(under.get_array()), images[row, 0])
+        assert under.get_cmap().name == "gray" and signed.get_alpha() == MAP_ALPHA
         largest = float(means["saliency"][row].abs().max())
         assert signed.get_clim() == pytest.approx((-largest, largest))
         assert signed.get_cmap().name == "RdBu_r"
         assert axes[row, 1].get_xlabel() == f"±{largest:.2g}"
-        positive = axes[row, 3].images[0]
+        positive = axes[row, 3].images[1]
         assert positive.get_clim() == pytest.approx((0.0, float(means["gradcam"][row].max())))
         assert positive.get_cmap().name == "Reds"
         spread = axes[row, 4].images[0]

@@ -1,7 +1,8 @@
-"""The single entry point to every dataset: ``load(name, split, **options)``, ``list_datasets()``.
+"""The single entry point to every dataset: ``load(ref, split, **options)``, ``list_datasets()``.
 
-Official datasets are read from their official files (found on the search path or under an
-explicit ``root``); embedded and generated ones come from ``trustmap.data.embedded``.
+A reference is a registry name or a path. Official datasets are read from their official files
+(found on the search path or under an explicit ``root``); embedded and generated ones come from
+``trustmap.data.embedded``; folders of images and .npz files from ``trustmap.data.references``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from trustmap.data import embedded, formats, sequences
+from trustmap.data import embedded, formats, references, sequences
 from trustmap.data.dataset import SPLITS, Dataset, from_uint8
 from trustmap.data.sources import (
     CIFAR10_BATCHES,
@@ -29,7 +30,7 @@ from trustmap.data.sources import (
     split_paths,
 )
 from trustmap.data.transforms import CROPS, colour32_to_gray28
-from trustmap.errors import DataError
+from trustmap.errors import DataError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,11 @@ def load_sequences(name: str, split: str = "test", seed: int = 0,
     return sequences.majority(load(base, split, **options), seed)
 
 
+def _registered(name: str) -> bool:
+    base = sequences.base_name(name)
+    return name in REGISTRY or (base is not None and base in REGISTRY)
+
+
 def _entry(name: str) -> _Entry:
     if name in REGISTRY:
         return REGISTRY[name]
@@ -179,20 +185,40 @@ def _entry(name: str) -> _Entry:
         return _sequence_entry(base)
     close = difflib.get_close_matches(str(name), REGISTRY, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise DataError(f"unknown dataset {name!r}; {hint}known datasets: {', '.join(REGISTRY)}")
+    raise DataError(f"unknown dataset {name!r}; {hint}known datasets: {', '.join(REGISTRY)}; "
+                    "or give the path of a folder of images or of an .npz file")
 
 
-def load(name: str, split: str = "test", **options: Any) -> Dataset:
+def _path_entry(ref: str | os.PathLike[str]) -> _Entry:
+    """The entry of a path reference, which must exist: else the registry's did-you-mean."""
+    path = os.path.expanduser(os.fspath(ref))
+    if not os.path.lexists(path):
+        raise DataError(f"no dataset named {os.fspath(ref)!r} and no file or folder at {path}"
+                        f"{did_you_mean(Path(ref).stem, REGISTRY)}; known datasets: "
+                        f"{', '.join(REGISTRY)}")
+    return _Entry("path", "a folder of images or an .npz file", references.OPTIONS,
+                  functools.partial(references.load_path, ref))
+
+
+def load(name: str | os.PathLike[str], split: str = "test", **options: Any) -> Dataset:
     """Load ``split`` of dataset ``name`` as a Dataset (float32 [N,C,H,W] in [0, 1]).
 
+    ``name`` is a registry name or a path (``references.is_path``: it has a path separator,
+    ends in .npz or names an existing file or folder, and is not a registry name) to a folder
+    of images or an .npz file; paths take ``resize``, ``layout``, ``test_fraction`` and
+    ``seed`` (see ``references.load_path``).
     Sequence datasets ('mnist-3-maj', 'fashion-3-maj', any name + '-3-maj') take ``seed``
     and their base's options. Official datasets take ``root`` (a directory holding the files,
     or a ``name/`` folder of them, instead of the search path); svhn and cifar10 also take
     ``crop`` (one of CROPS), the recorded way their 32x32 colour images become 28x28 gray.
     Embedded and generated datasets take ``n`` and ``seed`` where they are generated.
     """
-    entry = _entry(name)
-    _check_request(name, entry, split, options)
+    if not isinstance(name, (str, os.PathLike)):
+        raise DataError(f"a dataset is a registry name or a path, got {type(name).__name__} "
+                        f"{name!r}")
+    registered = isinstance(name, str) and _registered(name)
+    entry = _path_entry(name) if not registered and references.is_path(name) else _entry(name)
+    _check_request(os.fspath(name), entry, split, options)
     return entry.loader(split, **options)
 
 

@@ -1,7 +1,9 @@
-"""Readers of the official dataset file formats: IDX, SVHN .mat, CIFAR python batches, PNG folders.
+"""Readers of the official dataset file formats (IDX, SVHN .mat, CIFAR python batches, PNG
+folders) and of a user's own files (single images, .npz archives).
 
-Each reader returns uint8 images and int64 labels and turns every way a file can be broken
-into a DataError that names the file and says what to do. Nothing here downloads or writes.
+Each reader returns uint8 images and int64 labels (or the raw arrays) and turns every way a file
+can be broken into a DataError that names the file and says what to do. Nothing here downloads
+or writes.
 
 Every file is checked before it is read: it must be a regular file (a FIFO would block the
 reader forever, a device such as /dev/zero never ends) no larger than the cap of its kind
@@ -23,8 +25,10 @@ import stat
 import struct
 import tarfile
 import warnings
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -59,6 +63,14 @@ MAX_CIFAR_BATCH_BYTES = 1 << 28
 """256 MiB: one CIFAR python batch file or archive member (official: about 31 MB each)."""
 MAX_PNG_BYTES = 1 << 20
 """1 MiB: one PNG in a class folder (notMNIST_small's 28x28 PNGs are a few hundred bytes)."""
+MAX_IMAGE_BYTES = 1 << 26
+"""64 MiB: one image file in a user's folder (a 24-megapixel photo as PNG is about 40 MB)."""
+MAX_IMAGE_PIXELS = 1 << 26
+"""About 67 megapixels: what one user image may announce in its header, checked before any
+pixel is decoded, as a small compressed file can announce a huge image."""
+MAX_NPZ_BYTES = 1 << 34
+"""16 GiB: a user's .npz file, and each array in it once decompressed (CIFAR-10's 60,000
+images are 184 MB as uint8)."""
 
 _CHUNK = 1 << 16
 _FILE_KINDS: tuple[tuple[Callable[[int], bool], str], ...] = (
@@ -88,8 +100,8 @@ def _unusable(path: Path, status: os.stat_result, max_bytes: int) -> str | None:
     if status.st_size == 0:
         return "is empty (0 bytes)"
     if status.st_size > max_bytes:
-        return (f"is {status.st_size:,} bytes, more than the {max_bytes:,} that any official "
-                "file of its kind needs")
+        return (f"is {status.st_size:,} bytes, more than the {max_bytes:,} allowed for a file "
+                "of its kind")
     return None
 
 
@@ -562,3 +574,134 @@ def read_png_folders(source: Path, classes: Sequence[str], keep: Callable[[str],
     images = np.stack([image for _, _, image in decoded])
     labels = np.array([index[label] for label, _, _ in decoded], dtype=np.int64)
     return images, labels
+
+
+# --- single images in a user's folders -----------------------------------------------------------
+
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+"""File name endings (any case) read as images; Pillow is only offered the matching decoders."""
+_IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+GRAY_MODES = frozenset({"1", "L", "LA"})
+"""Pillow modes read as gray; every other accepted mode (palette included) counts as colour."""
+_COLOUR_MODES = frozenset({"RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr"})
+_ALPHA_MODES = frozenset({"LA", "PA", "RGBA"})
+_IMAGE_FIX = "replace it with an intact image or remove it from the folder"
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file announces before a pixel is decoded."""
+
+    mode: str
+    height: int
+    width: int
+    alpha: bool
+    """An alpha channel or a transparent colour, which decoding drops."""
+    animated: bool
+    """More than one frame: only the first is read."""
+
+    @property
+    def colour(self) -> bool:
+        return self.mode not in GRAY_MODES
+
+
+def _header(path: Path, img: Image.Image) -> ImageHeader:
+    """The checked header of an opened image: an 8-bit mode, at most MAX_IMAGE_PIXELS pixels."""
+    if img.mode not in GRAY_MODES | _COLOUR_MODES:
+        raise DataError(f"{path}: pixel mode {img.mode} (16-bit, 32-bit or float pixels) is not "
+                        "read, as scaling it to [0, 1] would be a guess; save it as 8-bit gray or "
+                        "RGB")
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(f"{path}: announces {width}x{height} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} allowed for one image; shrink it first")
+    return ImageHeader(img.mode, height, width,
+                       alpha=img.mode in _ALPHA_MODES or "transparency" in img.info,
+                       animated=bool(getattr(img, "is_animated", False)))
+
+
+def read_image_header(path: Path) -> ImageHeader:
+    """The header of one image file (a PNG, JPEG, BMP, GIF or WebP), without decoding pixels."""
+    with _open_checked(path, MAX_IMAGE_BYTES, _IMAGE_FIX) as stream:
+        try:
+            with Image.open(stream, formats=_IMAGE_FORMATS) as img:
+                return _header(path, img)
+        except DataError:
+            raise
+        except _PNG_ERRORS as exc:
+            raise DataError(f"{path}: not a readable image ({exc}); {_IMAGE_FIX}") from exc
+
+
+def read_image(path: Path, header: ImageHeader, colour: bool) -> np.ndarray:
+    """The first frame of one image file as uint8 [H, W, 3] if ``colour`` else [H, W, 1].
+
+    Pillow converts: gray is repeated into R = G = B, palettes are looked up, alpha is dropped.
+    The file must still announce ``header`` (read earlier to choose ``colour`` and the size).
+    """
+    with _open_checked(path, MAX_IMAGE_BYTES, _IMAGE_FIX) as stream:
+        try:
+            with Image.open(stream, formats=_IMAGE_FORMATS) as img:
+                if _header(path, img) != header:
+                    raise DataError(f"{path}: changed while the folder was being read; "
+                                    "load it again")
+                img.load()
+                pixels = np.asarray(img.convert("RGB" if colour else "L"), dtype=np.uint8)
+        except DataError:
+            raise
+        except _PNG_ERRORS as exc:
+            raise DataError(f"{path}: not a readable image, truncated or corrupt ({exc}); "
+                            f"{_IMAGE_FIX}") from exc
+    return pixels if colour else pixels[:, :, None]
+
+
+# --- .npz archives of a user's arrays ------------------------------------------------------------
+
+_NPZ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _npz_array(path: Path, archive: Any, key: str, member: zipfile.ZipInfo) -> np.ndarray:
+    """One array of an open .npz, its .npy header checked before anything is allocated: the
+    reader allocates what the header announces, which must fit in what the member holds."""
+    if member.file_size > MAX_NPZ_BYTES:
+        raise DataError(f"{path}: array {key!r} is {member.file_size:,} bytes uncompressed, more "
+                        f"than the {MAX_NPZ_BYTES:,} allowed; split it into smaller files")
+    with archive.zip.open(member) as raw:
+        version = np.lib.format.read_magic(raw)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise DataError(f"{path}: array {key!r} is in .npy format version {version}; save it "
+                            "with np.savez / np.savez_compressed")
+        shape, _, dtype = read(raw)
+    if dtype.hasobject:
+        raise DataError(f"{path}: array {key!r} holds Python objects ({dtype}), which are never "
+                        "unpickled; save numbers (and class_names as strings, dtype 'U')")
+    if math.prod(shape) * dtype.itemsize > member.file_size:
+        raise DataError(f"{path}: array {key!r} announces shape {list(shape)} of {dtype}, more "
+                        "than its member holds: the file is corrupt; save it again")
+    return archive[key]
+
+
+def read_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Those of the arrays ``keys`` that the .npz at ``path`` holds, and nothing else.
+
+    Read with allow_pickle=False from a regular file of at most MAX_NPZ_BYTES; each array must
+    hold at most MAX_NPZ_BYTES once decompressed.
+    """
+    fix = "save it with np.savez(path, x=images, y=labels)"
+    with _open_checked(path, MAX_NPZ_BYTES, fix) as stream:
+        try:
+            archive = np.load(stream, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise DataError(f"{path}: holds a single array, not an .npz archive of named "
+                                f"arrays; {fix}")
+            with archive:
+                members = {info.filename.removesuffix(".npy"): info
+                           for info in archive.zip.infolist()}
+                return {key: _npz_array(path, archive, key, members[key])
+                        for key in keys if key in members}
+        except DataError:
+            raise
+        except _NPZ_ERRORS as exc:
+            raise DataError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc}); "
+                            f"{fix}") from exc

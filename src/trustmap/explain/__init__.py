@@ -4,6 +4,7 @@
     maps = attribute("gradcam", model, x, target)              # [N, C, H, W]
     samples = attribute_samples("lrp-epsilon-plus", Ensemble(members), x)   # [S, N, C, H, W]
     summary = summarize(samples)                                # mean, std, CV maps
+    maps = attribute("captum:Saliency", model, x, target)       # any Captum method too
 
 Scores of how much the samples' maps disagree (``gradcam_cv``,
 ``<method>_rank_disagreement``, ...) are in ``trustmap.explain.disagreement``.
@@ -17,9 +18,9 @@ from trustmap.explain.aggregate import (
     seed000_uncertainty,
     summarize,
 )
-from trustmap.explain.methods import METHODS, attribute, get, names
+from trustmap.explain.methods import METHODS, attribute, get, names, resolve
 from trustmap.explain.reduce import REDUCERS, reduce
 
 __all__ = ["METHODS", "REDUCERS", "attribute", "attribute_samples", "class_saliency",
-           "cosine_disagreement", "get", "names", "rank_disagreement", "reduce",
+           "cosine_disagreement", "get", "names", "rank_disagreement", "reduce", "resolve",
            "seed000_uncertainty", "summarize"]

@@ -18,7 +18,7 @@ from torch import nn
 from trustmap.data.dataset import check_images
 from trustmap.errors import ConfigError, DataError
 from trustmap.explain.core import Target, as_targets
-from trustmap.explain.methods import SINGLE_PASS, Method, get
+from trustmap.explain.methods import SINGLE_PASS, Method, MethodRef, resolve, single_pass
 from trustmap.explain.reduce import minmax
 from trustmap.explain.similarity import pairwise_mean
 from trustmap.models import channels_last, to_channels_last
@@ -65,23 +65,25 @@ def _dropout_samples(method: Method, predictive: MCDropout, x: torch.Tensor,
     return torch.cat(parts, dim=1)
 
 
-def attribute_samples(method: str | Method, predictive: Predictive, x: torch.Tensor,
+def attribute_samples(method: MethodRef, predictive: Predictive, x: torch.Tensor,
                       target: Target | None = None, *, batch_size: int = 256,
                       **options: object) -> torch.Tensor:
     """Maps [S, N, C, H, W] of every sample of ``predictive``, for ``target``.
 
-    ``target`` defaults to the class the predictive predicts (the argmax of its mean
+    ``method`` is any method reference (``methods.resolve``): a registered name,
+    "captum:Name", a Captum Attribution class or instance (rebound to every member), or a
+    callable. ``target`` defaults to the class the predictive predicts (the argmax of its mean
     probabilities), so every member explains the same, ensemble-level decision, as in seed 000.
     """
     check_images(x)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    function = get(method)
-    if (isinstance(predictive, MCDropout | EnsembleMC) and isinstance(method, str)
-            and method not in SINGLE_PASS):
-        raise ConfigError(f"{method!r} runs several forward passes per map, and under MC "
+    name, function = resolve(method)
+    if isinstance(predictive, MCDropout | EnsembleMC) and not single_pass(method):
+        raise ConfigError(f"{name!r} runs several forward passes per map, and under MC "
                           "dropout each pass draws new masks, so its maps would mix models; "
-                          f"use one of {', '.join(sorted(SINGLE_PASS))}")
+                          f"use one of {', '.join(sorted(SINGLE_PASS))} (or Captum's "
+                          "Saliency, InputXGradient, GuidedBackprop, Deconvolution)")
     if target is None:
         target = predictive.predict(x).predicted
     targets = as_targets(target, len(x))

@@ -14,6 +14,7 @@ from torch import nn
 from trustmap.errors import ConfigError
 from trustmap.explain.core import Target, frozen_parameters, module_named, selected
 from trustmap.explain.gradient import modified_relu_gradient, prepare
+from trustmap.explain.structure import require_relu_modules
 
 UPSAMPLE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 """Interpolation modes (torch.nn.functional.interpolate's) for bringing maps to image size."""
@@ -100,8 +101,19 @@ def guided_gradcam(model: nn.Module, x: torch.Tensor, target: Target, *,
     """Guided backpropagation times the upsampled, rectified Grad-CAM.
 
     The defaults are Captum's GuidedGradCam: Grad-CAM with relu, upsampled with "nearest".
+    Models guided backprop cannot explain (relu as a function, no nn.ReLU, TorchScript) are
+    refused as there. Both passes draw the same dropout masks (the Grad-CAM pass gives its
+    random numbers back), so under MC dropout both factors explain one stochastic forward.
     """
     _check_mode(upsample)
     x, targets = prepare(model, x, target)
-    cam = _upsampled(_layer_cam(model, x, targets, layer, relu=True), x, upsample)
+    require_relu_modules(model, x, "guided Grad-CAM")
+    with torch.random.fork_rng(devices=_cuda_devices(x)):
+        cam = _upsampled(_layer_cam(model, x, targets, layer, relu=True), x, upsample)
     return modified_relu_gradient(model, x, targets, guided=True) * cam
+
+
+def _cuda_devices(x: torch.Tensor) -> list[int]:
+    if x.device.type != "cuda":
+        return []
+    return [x.device.index if x.device.index is not None else torch.cuda.current_device()]

@@ -16,20 +16,21 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from trustmap.errors import ConfigError
+from trustmap.explain.core import input_shape
 from trustmap.explain.lrp import WEIGHTED, dry_forward
-from trustmap.models.base import INPUT_SIZE
 
 
 def example_input(model: nn.Module) -> torch.Tensor:
-    """One black image the model accepts: trustmap classifiers take [1, C, 28, 28]."""
-    channels = getattr(model, "in_channels", None)
-    if not isinstance(channels, int):
+    """One black image the model accepts: a trustmap classifier's [1, C, H, W] for its
+    ``in_channels`` and ``input_size`` (``core.input_shape``)."""
+    shape = input_shape(model)
+    if shape is None:
         raise ConfigError(f"{type(model).__name__} is not a trustmap classifier; pass an example "
                           "input so the BatchNorm layers and the layers before them can be found")
     parameter = next(model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None else torch.float32
-    return torch.zeros(1, channels, INPUT_SIZE, INPUT_SIZE, device=device, dtype=dtype)
+    return torch.zeros(1, *shape, device=device, dtype=dtype)
 
 
 def batchnorm_pairs(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:

@@ -34,6 +34,7 @@ from trustmap.explain.lrp import (
     propagate,
     zplus,
 )
+from trustmap.explain.structure import require_weighted_modules
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,12 @@ def lrp(model: nn.Module, x: torch.Tensor, target: Target, *,
     the input of the first weighted layer. `canonize` folds BatchNorm layers into the
     convolutions before them while the explanation runs (they must be in eval mode). `epsilon`
     and `gamma` replace the parameters of the composite's epsilon and gamma rules.
+
+    The rules sit on Linear and Conv modules, so a model that computes a linear map any other
+    way (F.linear, F.conv2d, a matmul, a ConvTranspose2d) or is TorchScript is refused with a
+    ModelError naming the place (``structure.require_weighted_modules``). Activations applied
+    as functions (F.relu, torch.tanh) are fine: elementwise activations and pooling pass
+    relevance with their ordinary gradient whether they are modules or not.
     """
     chosen = composite_named(composite).configured(epsilon, gamma)
     if not isinstance(canonize, bool):
@@ -151,6 +158,7 @@ def lrp(model: nn.Module, x: torch.Tensor, target: Target, *,
     parameter = next(model.parameters(), None)
     if parameter is not None and parameter.is_floating_point():
         x = x.to(parameter.dtype)  # a float64 model explains in float64
+    require_weighted_modules(model, x)  # before folding, which hooks the model's modules
     folding = merged_batchnorm(model, x[:1]) if canonize else nullcontext()
     with frozen_parameters(model), folding:
         relevance = propagate(model, x, targets, chosen.choose, bounds=input_bounds(model, x))

@@ -55,6 +55,24 @@ def model_device(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
+def input_shape(model: nn.Module) -> tuple[int, int, int] | None:
+    """(C, H, W) of an image a trustmap classifier surely takes: its ``in_channels`` and the
+    ``input_size`` it was built for (28x28 where it records none); None for other models,
+    whose input shape only an example can tell."""
+    channels = getattr(model, "in_channels", None)
+    if not isinstance(channels, int) or isinstance(channels, bool):
+        return None
+    size = getattr(model, "input_size", None)
+    if size is None:
+        from trustmap.models.base import INPUT_SIZE
+
+        size = (INPUT_SIZE, INPUT_SIZE)
+    if not (isinstance(size, tuple | list) and len(size) == 2
+            and all(isinstance(s, int) and s > 0 for s in size)):
+        return None
+    return channels, int(size[0]), int(size[1])
+
+
 def selected(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """logits[i, target_i] for every row: the explained output, [N]."""
     return logits.gather(1, targets.to(logits.device).view(-1, 1)).squeeze(1)

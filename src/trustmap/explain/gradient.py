@@ -25,6 +25,7 @@ from trustmap.explain.core import (
     frozen_parameters,
     selected,
 )
+from trustmap.explain.structure import require_relu_modules
 
 IG_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid",
               "gausslegendre")
@@ -228,7 +229,8 @@ def modified_relu_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Ten
 
     Temporary forward hooks swap each ReLU module's output for one built by the replacement
     function; they are removed whatever happens. Functional relus are not modules and keep
-    their ordinary backward (as in Captum).
+    their ordinary backward (as in Captum): the public methods refuse models that have any
+    (``structure.require_relu_modules``); this engine does not check.
     """
     relu = _GuidedReLU if guided else _DeconvReLU
 
@@ -246,13 +248,21 @@ def modified_relu_gradient(model: nn.Module, x: torch.Tensor, targets: torch.Ten
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: Target) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015): through every nn.ReLU, only positive
-    gradients pass, and only where the forward input was positive."""
+    gradients pass, and only where the forward input was positive.
+
+    A model that applies relu as a function (F.relu, torch.relu), has no nn.ReLU module, or is
+    TorchScript gets a ModelError saying where (``structure.require_relu_modules``): there the
+    result would silently be (partly) the plain gradient.
+    """
     x, targets = prepare(model, x, target)
+    require_relu_modules(model, x, "guided backprop")
     return modified_relu_gradient(model, x, targets, guided=True)
 
 
 def deconvnet(model: nn.Module, x: torch.Tensor, target: Target) -> torch.Tensor:
     """Deconvnet (Zeiler & Fergus 2014): every nn.ReLU passes relu(gradient) backwards,
-    regardless of its forward input."""
+    regardless of its forward input. Models without that structure are refused as by
+    guided_backprop."""
     x, targets = prepare(model, x, target)
+    require_relu_modules(model, x, "deconvnet")
     return modified_relu_gradient(model, x, targets, guided=False)

@@ -41,8 +41,10 @@ from torch import nn
 from trustmap.errors import ConfigError, DataError
 from trustmap.explain.core import as_targets
 
-WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-"""The layers LRP rules apply to; every other layer passes relevance with its gradient."""
+# WEIGHTED, the layers the rules apply to, is defined with the audit that refuses linear maps
+# computed anywhere else.
+from trustmap.explain.structure import WEIGHTED as WEIGHTED
+from trustmap.explain.structure import require_weighted_modules
 
 Part = tuple[torch.Tensor, torch.Tensor]
 """(z, s): a modified output, differentiable, and the constant its gradient is scaled by."""
@@ -478,9 +480,15 @@ def propagate(model: nn.Module, x: torch.Tensor, target: int | torch.Tensor,
     the input layer's input, for the z^B rule. One forward with the rules' hooks, one backward
     from the one-hot target logits. Call it with the model's parameters frozen
     (``core.frozen_parameters``) so no weight gradients are computed.
+
+    A model that computes a linear map outside Linear and Conv modules (F.linear, F.conv2d, a
+    matmul, a ConvTranspose2d...) or is TorchScript gets a ModelError saying where
+    (``structure.require_weighted_modules``): relevance would pass such a map with its plain
+    gradient instead of its rule. Activations applied as functions are fine (see there).
     """
     choose = _chooser(model, rules) if isinstance(rules, Mapping) else rules
     check_batchnorm_eval(model)
+    require_weighted_modules(model, x)
     names = {module: name for name, module in model.named_modules()
              if isinstance(module, WEIGHTED)}
     state: dict[str, Any] = {"leaves": []}

@@ -337,7 +337,10 @@ def guided_backprop(model: nn.Module, x: torch.Tensor, target: Target) -> torch.
     """``(guided df/dx')^2``, squared as seed 002 defines it; the gated cells have no ReLU
     modules, so for them it is the sensitivity."""
     x, targets = _prepare(model, x, target)
-    return (gradient.guided_backprop(model, x, targets) * _std(model)).square()
+    # The engine itself, not gradient.guided_backprop: seed 002 defines guided backprop of a
+    # gated cell (no ReLU module) as the sensitivity, which that function would refuse.
+    modified = gradient.modified_relu_gradient(model, x, targets, guided=True)
+    return (modified * _std(model)).square()
 
 
 def _number(what: str, value: object) -> float:

@@ -17,7 +17,13 @@ import torch
 from torch import nn
 
 from trustmap.errors import ConfigError
-from trustmap.explain.core import frozen_parameters, kept_buffers, model_device, module_named
+from trustmap.explain.core import (
+    frozen_parameters,
+    input_shape,
+    kept_buffers,
+    model_device,
+    module_named,
+)
 
 
 def total_variation(images: torch.Tensor) -> torch.Tensor:
@@ -90,6 +96,15 @@ def _check_options(steps: int, lr: float, l2: float, tv: float, jitter: int,
         raise ConfigError(f"shape must be (C, H, W) of positive integers, got {shape!r}")
 
 
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """A trustmap classifier's input shape; other models must name theirs."""
+    shape = input_shape(model)
+    if shape is None:
+        raise ConfigError(f"{type(model).__name__} is not a trustmap classifier, whose input "
+                          "shape is known; pass shape=(C, H, W) of the images it takes")
+    return shape
+
+
 def _activation(output: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """Row i's unit units[i], averaged over any spatial positions: [U]."""
     picked = output[torch.arange(len(units), device=output.device), units]
@@ -99,7 +114,7 @@ def _activation(output: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
 def maximize_activation(model: nn.Module, *, layer: str | None = None,
                         units: Sequence[int] | int, steps: int = 200, lr: float = 0.05,
                         l2: float = 1e-3, tv: float = 1e-2, jitter: int = 2, seed: int = 0,
-                        start: str | float = 0.5, shape: Sequence[int] = (1, 28, 28)
+                        start: str | float = 0.5, shape: Sequence[int] | None = None
                         ) -> torch.Tensor:
     """One image per unit, [U, C, H, W] in [0, 1], that maximises the unit's activation.
 
@@ -116,7 +131,11 @@ def maximize_activation(model: nn.Module, *, layer: str | None = None,
     image itself never moves. ``start`` is a grey level or "random" (p ~ N(0, 1), seeded).
     The model keeps its mode (dropout in train mode makes the ascent stochastic: seed torch's
     global RNG to repeat it), gets no gradients and comes back with its buffers unchanged.
+    ``shape`` is (C, H, W) of the images; None is a trustmap classifier's own input shape
+    (``in_channels`` and the ``input_size`` it was built for); any other model needs one.
     """
+    if shape is None:
+        shape = _input_shape(model)
     unit_list = _unit_list(units)
     _check_options(steps, lr, l2, tv, jitter, start, shape)
     device = model_device(model)

@@ -1,8 +1,13 @@
-"""Residual networks with BasicBlocks, fitted to 28x28 inputs.
+"""Residual networks with BasicBlocks, for small images (28x28 by default).
 
-The stem is a single 3x3 stride-1 convolution with no max-pool, so the four stages see
-28, 14, 7 and 4 pixels. Every operation that attribution code may hook is a module of its own,
-including the residual sum.
+The stem is a single 3x3 stride-1 convolution with no max-pool, so for 28x28 the four stages
+see 28, 14, 7 and 4 pixels. Every operation that attribution code may hook is a module of its
+own, including the residual sum.
+
+The head pools globally (AdaptiveAvgPool2d), so nothing in the architecture depends on the
+image size: a ResNet takes any size of at least 9x9, where the last stage (Grad-CAM's layer)
+still has 2x2 maps. ``input_size`` is the size it is built for: checked against that minimum,
+recorded, and what dry runs feed it; the weights are the same for every size.
 """
 
 from __future__ import annotations
@@ -12,7 +17,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from trustmap.models.base import Classifier, Normalize, sequential
+from trustmap.models.base import (
+    DEFAULT_INPUT_SIZE,
+    Classifier,
+    Normalize,
+    check_size,
+    sequential,
+    size_option,
+    size_pair,
+)
 
 
 class Add(nn.Module):
@@ -46,8 +59,19 @@ class BasicBlock(nn.Module):
         return self.relu2(self.add(residual, self.shortcut(x)))
 
 
+def min_input_side(stages: int) -> int:
+    """The smallest image side at which the last of ``stages`` stages keeps 2x2 maps: each
+    stage after the first halves the side, rounding up (3x3 stride 2, padding 1)."""
+    return 2 ** (stages - 1) + 1
+
+
 def _resnet(name: str, blocks: Sequence[int], in_channels: int, num_classes: int, width: int,
-            dropout: float, mean: float | list[float], std: float | list[float]) -> Classifier:
+            dropout: float, mean: float | list[float], std: float | list[float],
+            input_size: Sequence[int]) -> Classifier:
+    size = size_pair(input_size)
+    side = min_input_side(len(blocks))
+    check_size(name, size, (side, side),
+               "its last stage, Grad-CAM's layer, must keep maps of at least 2x2")
     stages: dict[str, nn.Module] = {
         "stem": sequential(conv=nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
                            bn=nn.BatchNorm2d(width), relu=nn.ReLU()),
@@ -67,16 +91,21 @@ def _resnet(name: str, blocks: Sequence[int], in_channels: int, num_classes: int
     return Classifier(name, Normalize(mean, std, in_channels), sequential(**stages),
                       sequential(**head), num_classes=num_classes,
                       gradcam_layer=f"features.stage{len(blocks)}",
-                      options={"width": width, "dropout": dropout})
+                      options={"width": width, "dropout": dropout, **size_option(size)},
+                      input_size=size, fixed_size=False, min_size=(side, side))
 
 
 def resnet18(in_channels: int, num_classes: int, *, width: int = 64, dropout: float = 0.0,
-             mean: float | list[float] = 0.5, std: float | list[float] = 0.5) -> Classifier:
-    """ResNet-18 for 28x28: BasicBlocks [2, 2, 2, 2], channels width·(1, 2, 4, 8)."""
-    return _resnet("resnet18", (2, 2, 2, 2), in_channels, num_classes, width, dropout, mean, std)
+             mean: float | list[float] = 0.5, std: float | list[float] = 0.5,
+             input_size: Sequence[int] = DEFAULT_INPUT_SIZE) -> Classifier:
+    """ResNet-18 for small images: BasicBlocks [2, 2, 2, 2], channels width·(1, 2, 4, 8)."""
+    return _resnet("resnet18", (2, 2, 2, 2), in_channels, num_classes, width, dropout, mean, std,
+                   input_size)
 
 
 def resnet34(in_channels: int, num_classes: int, *, width: int = 64, dropout: float = 0.0,
-             mean: float | list[float] = 0.5, std: float | list[float] = 0.5) -> Classifier:
-    """ResNet-34 for 28x28: BasicBlocks [3, 4, 6, 3], channels width·(1, 2, 4, 8)."""
-    return _resnet("resnet34", (3, 4, 6, 3), in_channels, num_classes, width, dropout, mean, std)
+             mean: float | list[float] = 0.5, std: float | list[float] = 0.5,
+             input_size: Sequence[int] = DEFAULT_INPUT_SIZE) -> Classifier:
+    """ResNet-34 for small images: BasicBlocks [3, 4, 6, 3], channels width·(1, 2, 4, 8)."""
+    return _resnet("resnet34", (3, 4, 6, 3), in_channels, num_classes, width, dropout, mean, std,
+                   input_size)

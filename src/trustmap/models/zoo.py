@@ -2,7 +2,9 @@
 
 A builder's keyword-only parameters are the options its model accepts, and their defaults
 are the model's defaults; the checks here are keyed by option name, so a new builder whose
-options reuse these names needs no checking code of its own.
+options reuse these names needs no checking code of its own. The image models take
+``input_size`` = [H, W], the image size they are built for (28x28 by default); whether a size
+is large enough is the builder's to say, as only it knows its layers.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
@@ -40,7 +42,11 @@ _BUILDERS: dict[str, Callable[..., Classifier]] = {
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """One row of the zoo's table, for 1x28x28 inputs and 10 classes unless asked otherwise."""
+    """One row of the zoo's table, for 1x28x28 inputs and 10 classes unless asked otherwise.
+
+    ``min_input_size`` is the smallest [H, W] the model can be built for (None for the
+    recurrent models, which read 28-pixel-high strips).
+    """
 
     name: str
     description: str
@@ -48,11 +54,18 @@ class ModelInfo:
     gradcam_layer: str | None
     has_dropout: bool
     defaults: dict[str, Any]
+    min_input_size: tuple[int, int] | None = None
 
 
 def names() -> list[str]:
     """Every registered model name, in the order of the zoo's table."""
     return list(_BUILDERS)
+
+
+def sized(name: str) -> bool:
+    """Whether model ``name`` is built for an image size (``input_size``); the recurrent models
+    read their own fixed sequence shape instead."""
+    return "input_size" in _defaults(_builder(name))
 
 
 def _builder(name: object) -> Callable[..., Classifier]:
@@ -81,6 +94,15 @@ def _rate(what: str, value: object) -> float:
     return float(value)
 
 
+def _size(what: str, value: object) -> list[int]:
+    if (isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2
+            or not all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1
+                       for v in value)):
+        raise ModelError(f"{what} must be [height, width], two integers >= 1 (the data's image "
+                         f"size), got {value!r}")
+    return [int(v) for v in value]
+
+
 def _check(model: str, option: str, value: object, in_channels: int) -> Any:
     """The option's value in plain JSON types, or ModelError naming the model and option."""
     what = f"{model}: {option}"
@@ -90,6 +112,8 @@ def _check(model: str, option: str, value: object, in_channels: int) -> Any:
         return _integer(what, value, 1)
     if option in ("mean", "std"):
         return per_channel(what, value, in_channels, positive=option == "std")
+    if option == "input_size":
+        return _size(what, value)
     raise AssertionError(f"no check for option {option!r} of model {model!r}")
 
 
@@ -97,7 +121,8 @@ def build(name: str, in_channels: int = 1, num_classes: int = 10, **kwargs: Any)
     """A freshly initialised model; its weights depend only on torch's global seed.
 
     Raises ModelError for an unknown name or option, or a value the model cannot be built
-    with; ``build(**model.build_args)`` rebuilds the same architecture.
+    with (an ``input_size`` below the model's minimum included);
+    ``build(**model.build_args)`` rebuilds the same architecture.
     """
     builder = _builder(name)
     in_channels = _integer(f"{name}: in_channels", in_channels, 1)
@@ -127,5 +152,6 @@ def describe(in_channels: int = 1, num_classes: int = 10) -> list[ModelInfo]:
             gradcam_layer=model.gradcam_layer,
             has_dropout=model.has_dropout,
             defaults=_defaults(builder),
+            min_input_size=model.min_size,
         ))
     return rows

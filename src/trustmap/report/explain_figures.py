@@ -21,6 +21,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
+from trustmap.data.transforms import GRAY_WEIGHTS
 from trustmap.errors import DataError
 from trustmap.report import plot
 from trustmap.report.plot import POSITIVE_CMAP, SIGNED_CMAP, SPREAD_CMAP
@@ -50,10 +51,24 @@ def _scale(values: np.ndarray) -> float:
     return plot.limit(values) or 1.0
 
 
-def _show_map(axis: Any, values: np.ndarray, signed: bool, vmax: float) -> Any:
+MAP_ALPHA = 0.75
+"""Opacity of a mean map over its input: the map's colours stay readable, the image shows."""
+
+
+def _show_map(axis: Any, values: np.ndarray, signed: bool, vmax: float,
+              under: np.ndarray | None = None) -> Any:
+    """A map in its colours; with ``under`` (the input as a gray [H, W] picture) drawn over it
+    at MAP_ALPHA, so where the map points lies on the image (pale map colours let it show)."""
     cmap = SIGNED_CMAP if signed else POSITIVE_CMAP
+    if under is not None:
+        axis.imshow(under, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     return axis.imshow(values, cmap=cmap, vmin=-vmax if signed else 0.0, vmax=vmax,
-                       interpolation="nearest")
+                       interpolation="nearest", alpha=None if under is None else MAP_ALPHA)
+
+
+def _gray(picture: np.ndarray) -> np.ndarray:
+    """A gray [H, W] or RGB [H, W, 3] picture as gray (ITU-R BT.601 luma), for an underlay."""
+    return picture if picture.ndim == 2 else picture @ GRAY_WEIGHTS
 
 
 # --- 1. the grid of examples x methods
@@ -114,7 +129,7 @@ def explanation_grid(images: torch.Tensor, row_labels: Sequence[str], methods: S
         for index, method in enumerate(methods):
             mean_axis, spread_axis = axes[row, 1 + 2 * index], axes[row, 2 + 2 * index]
             vmax = _scale(means[method][row])
-            _show_map(mean_axis, means[method][row], signed[method], vmax)
+            _show_map(mean_axis, means[method][row], signed[method], vmax, _gray(pictures[row]))
             mean_axis.set_xlabel(("±" if signed[method] else "≤") + _short(vmax), fontsize=6)
             spread = spreads[method][row]
             top = _scale(spread)

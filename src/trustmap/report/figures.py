@@ -7,6 +7,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
@@ -18,19 +19,25 @@ from trustmap.uncertainty import MORE_TRUSTWORTHY, higher_means
 
 
 def class_grid(dataset: Dataset, per_class: int = 10, max_classes: int = 10) -> Figure:
-    """The first ``per_class`` images of each class, one row per class."""
-    classes = list(range(min(dataset.num_classes, max_classes)))
-    figure, axes = plt.subplots(len(classes), per_class, squeeze=False,
-                                figsize=(per_class * 0.9, len(classes) * 0.95 + 0.4))
-    for row, label in enumerate(classes):
-        index = (dataset.labels == label).nonzero().flatten()[:per_class]
+    """The first ``per_class`` images of each class, one row per class; an unlabelled set's
+    first images, ``per_class`` to a row."""
+    if dataset.labelled:
+        rows = [(dataset.classes[label], (dataset.labels == label).nonzero().flatten()[:per_class])
+                for label in range(min(dataset.num_classes, max_classes))]
+    else:
+        first = torch.arange(min(len(dataset), per_class * max_classes))
+        rows = [("", chunk) for chunk in first.split(per_class)]
+    figure, axes = plt.subplots(len(rows), per_class, squeeze=False,
+                                figsize=(per_class * 0.9, len(rows) * 0.95 + 0.4))
+    for row, (label, index) in enumerate(rows):
         for col in range(per_class):
             plot.bare(axes[row, col])
             if col < len(index):
                 plot.show_image(axes[row, col], plot.images(dataset.images[index[col]],
                                                             "image", 3, "[C, H, W]"))
-        axes[row, 0].set_ylabel(dataset.classes[label], rotation=0, ha="right", va="center")
-    figure.suptitle(f"{dataset.name} ({dataset.split}, {len(dataset)} images)")
+        axes[row, 0].set_ylabel(label, rotation=0, ha="right", va="center")
+    kind = "" if dataset.labelled else ", unlabelled"
+    figure.suptitle(f"{dataset.name} ({dataset.split}, {len(dataset)} images{kind})")
     return figure
 
 

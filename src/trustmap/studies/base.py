@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trustmap.atomic import Outputs, write_atomic
-from trustmap.data import Dataset, load
+from trustmap.data import Dataset, conform, load
+from trustmap.data.references import is_path
+from trustmap.errors import ConfigError, TrustmapError
+from trustmap.models import load_members
 from trustmap.predictive import Prediction, predict_kinds
 from trustmap.report import page
 from trustmap.studies.settings import ModelSettings, RunSettings, Section, torch_device
@@ -133,6 +136,15 @@ def ensemble_spec(model: ModelSettings, seed: int, name: str | None = None,
         model_kwargs={"dropout": model.dropout} if model.dropout > 0 else {})
 
 
+@dataclass(frozen=True)
+class Provided:
+    """What a Python caller hands a run in memory instead of naming it in the settings
+    (``trustmap.audit``): members, and datasets by name (each a split -> Dataset)."""
+
+    members: tuple[nn.Module, ...] = ()
+    datasets: Mapping[str, Mapping[str, Dataset]] = field(default_factory=dict)
+
+
 @dataclass
 class RunContext:
     """Built once per command and handed to every study it runs."""
@@ -142,9 +154,12 @@ class RunContext:
     command: str = "trustmap run"
     log: Log = quiet
     progress: bool = True
+    provided: Provided = field(default_factory=Provided)
     timings: list[dict[str, Any]] = field(default_factory=list)
     resumed: list[str] = field(default_factory=list)
     """Checkpoint directories that were reused, not trained."""
+    given: list[str] = field(default_factory=list)
+    """Cache scopes of members the user gave (never trained here)."""
 
     def __post_init__(self) -> None:
         self.device = torch_device(self.settings.device)
@@ -203,18 +218,54 @@ class RunContext:
         missing = [kind for kind, tensors in found.items() if tensors is None]
         if missing:
             made = predict_kinds(missing, ensemble.members, dataset.images,
-                                 settings.mc_samples, self.seed)
+                                 settings.mc_samples, self.seed, self.settings.batch_size)
             for kind in missing:
                 found[kind] = cache.store(key(kind), {"logits": made[kind].sample_logits})
         return {kind: Prediction(found[kind]["logits"]) for kind in kinds}
 
+    def load(self, reference: str, split: str) -> Dataset:
+        """``split`` of a dataset name or path; a path's images resized to ``[data] resize``
+        where it is set."""
+        if reference in self.provided.datasets:
+            splits = self.provided.datasets[reference]
+            if split not in splits:
+                raise ConfigError(f"dataset {reference!r} was given without a {split} split; "
+                                  f"give it as {{'{split}': ...}} too")
+            return splits[split]
+        resize = self.settings.data.resize
+        if resize is not None and is_path(reference):
+            return load(reference, split, resize=list(resize))
+        return load(reference, split)
+
+    def conformed(self, dataset: Dataset, like: Dataset) -> Dataset:
+        """``dataset`` with the channels and size of ``like``'s images (the model's input), by
+        ``[data] conform``: converted with every step recorded, or refused."""
+        have, want = tuple(dataset.images.shape[1:]), tuple(like.images.shape[1:])
+        if have == want:
+            return dataset
+        if self.settings.data.conform == "refuse":
+            raise ConfigError(f"{dataset.name!r} has images {list(have)} but the model takes "
+                              f"{list(want)} (those of {like.name!r}); set data.conform = "
+                              "\"convert\" to convert them (recorded), or leave the set out")
+        converted = conform(dataset, channels=want[0], size=want[1:])
+        self.log(f"{dataset.name}: images {list(have)} converted to {list(want)} "
+                 "(data.conform = \"convert\"; recorded in the set's provenance)")
+        return converted
+
     def test_set(self, name: str) -> Dataset:
-        """The test split of ``name``, cut to its first ``[data] max_per_set`` images."""
-        dataset = load(name, "test")
+        """The test split of ``name``, cut to ``[data] max_per_set`` images: the first ones of a
+        named dataset (shuffled at the source, so the choice is fixed), a seeded random choice
+        kept in file order for the user's folders, arrays and datasets (often sorted by class)."""
+        dataset = self.load(name, "test")
         n = self.settings.data.max_per_set
         if n == 0 or len(dataset) <= n:
             return dataset
-        return dataset.subset(torch.arange(n), f"first {n} of {len(dataset)}")
+        if not (is_path(name) or name in self.provided.datasets):
+            return dataset.subset(torch.arange(n), f"first {n} of {len(dataset)}")
+        generator = torch.Generator().manual_seed(self.seed)
+        chosen = torch.randperm(len(dataset), generator=generator)[:n].sort().values
+        return dataset.subset(chosen, f"{n} of {len(dataset)} chosen at random (seed "
+                                      f"{self.seed}), in file order")
 
     def ensemble(self, spec: RunSpec, train: Dataset) -> EnsembleRun:
         """Train (or reuse) the ensemble ``spec`` on ``train``, members on the run's device;
@@ -242,6 +293,116 @@ class RunContext:
             member.to(self.device).eval()
         self._ensembles[directory] = run
         return run
+
+    def given_ensemble(self, data: Dataset) -> EnsembleRun:
+        """The user's own members of ``[model]`` (factory + checkpoints, or TorchScript),
+        loaded and checked against ``data``'s images and classes before anything is written.
+
+        Their cache is keyed by a checksum of the files, so changed weights miss it. Where the
+        members have no dropout layer, the MC-dropout predictives leave the run (with a note)
+        unless ``[predictives] kinds`` names them, which is then an error.
+        """
+        model = self.settings.model
+        normalize = model.normalize
+        started = time.perf_counter()
+        if self.provided.members:
+            return self._ensemble_of(list(self.provided.members), data, [], started)
+        members = load_members(
+            factory=model.factory, checkpoints=list(model.checkpoints),
+            torchscript=list(model.torchscript) or None, num_classes=data.num_classes,
+            in_channels=data.in_channels, image_size=tuple(data.images.shape[2:]),
+            mean=None if normalize is None else list(normalize.mean),
+            std=None if normalize is None else list(normalize.std),
+            gradcam_layer=model.gradcam_layer)
+        files = [Path(f) for f in (*model.checkpoints, *model.torchscript)]
+        return self._ensemble_of(members, data, files, started)
+
+    def _ensemble_of(self, members: list[nn.Module], data: Dataset, files: list[Path],
+                     started: float) -> EnsembleRun:
+        """Given members as an EnsembleRun, its cache keyed by what they compute: a checksum of
+        their files, or of their weights where they came from memory."""
+        hashed = hashlib.sha256(json.dumps({k: str(v) for k, v in members[0].build_args.items()
+                                            if k not in ("checkpoint", "file")},
+                                           sort_keys=True).encode())
+        for path in files:
+            hashed.update(path.read_bytes())
+        if not files:
+            hashed.update(digest((f"{i}.{k}", v) for i, m in enumerate(members)
+                                 for k, v in m.state_dict().items()).encode())
+        directory = self.out / "checkpoints" / f"given-{hashed.hexdigest()[:10]}"
+        self._drop_mc_dropout(members)
+        self._drop_methods(members[0], data)
+        shown = ", ".join(map(str, files)) or "in memory"
+        self.log(f"{len(members)} x {members[0].name} given ({shown}), Grad-CAM layer "
+                 f"{getattr(members[0], 'gradcam_layer', None) or 'none'}")
+        self.timings.append({"section": "loading the given members",
+                             "seconds": round(time.perf_counter() - started, 2)})
+        meta = [{"metrics": {"val_accuracy": None}, "build_args": m.build_args}
+                for m in members]
+        record = {"name": data.name, "classes": list(data.classes),
+                  "in_channels": data.in_channels, "provenance": data.provenance}
+        run = EnsembleRun(directory, None, [m.to(self.device) for m in members], meta, record)
+        self.given.append(str(directory))
+        return run
+
+    def _drop_mc_dropout(self, members: Sequence[nn.Module]) -> None:
+        mc = [k for k in self.settings.predictives.kinds if k in ("mc-dropout", "ensemble-mc")]
+        if not mc or all(getattr(m, "has_dropout", False) for m in members):
+            return
+        if "kinds" in self.settings.predictives.model_fields_set:
+            raise ConfigError(f"predictives.kinds names {', '.join(mc)} but the given members "
+                              "have no dropout layer to sample; remove them from "
+                              "predictives.kinds")
+        settings = self.settings
+        kinds = tuple(k for k in settings.predictives.kinds if k not in mc)
+        explained = tuple(k for k in settings.explanations.predictives if k not in mc)
+        self.settings = settings.model_copy(update={
+            "predictives": settings.predictives.model_copy(update={"kinds": kinds}),
+            "explanations": settings.explanations.model_copy(
+                update={"predictives": explained or ("ensemble",)})})
+        self.log(f"the given members have no dropout layer: {', '.join(mc)} left out")
+
+    def _drop_methods(self, member: nn.Module, data: Dataset) -> None:
+        """Attribution methods the given members cannot take (guided backprop on functional
+        relu, LRP on functional layers, ...) leave the run's default methods and measures with
+        the reason logged; a method the settings name is an error with that reason."""
+        from trustmap.explain import disagreement
+        from trustmap.explain.methods import attribute
+
+        settings = self.settings
+        explanations, measures = settings.explanations, settings.measures
+        measured = {m: disagreement.measure(m).method for m in settings.measure_names
+                    if disagreement.is_measure(m)}
+        wanted = dict.fromkeys([*explanations.methods, explanations.class_method,
+                                *measured.values()])
+        x, target = data.images[:2].to(self.device), data.labels[:2].to(self.device)
+        refused: dict[str, str] = {}
+        for method in wanted:
+            try:
+                attribute(method, member, x, target)
+            except TrustmapError as error:
+                refused[method] = str(error)
+        if not refused:
+            return
+        named = [(f"explanations.{key}", m) for key, values in (
+            ("methods", explanations.methods), ("class_method", [explanations.class_method]))
+                 if key in explanations.model_fields_set for m in values if m in refused]
+        named += [("measures.names", m) for m, method in measured.items()
+                  if method in refused and "names" in measures.model_fields_set]
+        if named:
+            where, method = named[0]
+            raise ConfigError(f"{where} names {method!r}, which the given members cannot take: "
+                              f"{refused[measured.get(method, method)]}")
+        for method, reason in refused.items():
+            self.log(f"{method} left out: {reason}")
+        methods = tuple(m for m in explanations.methods if m not in refused) or ("gradient",)
+        class_method = ("gradient" if explanations.class_method in refused
+                        else explanations.class_method)
+        names = tuple(m for m in settings.measure_names if measured.get(m) not in refused)
+        self.settings = settings.model_copy(update={
+            "explanations": explanations.model_copy(
+                update={"methods": methods, "class_method": class_method}),
+            "measures": measures.model_copy(update={"names": names})})
 
     def vae(self, train: Dataset, epochs: int) -> nn.Module:
         """Train (or reuse) seed 003's 2-D VAE on ``train``, keyed like an ensemble."""

@@ -19,7 +19,7 @@ from torch import nn
 
 from trustmap.data import Dataset
 from trustmap.evaluate.faithfulness import PerturbationCurve, aopc_table, region_perturbation
-from trustmap.evaluate.sanity import parameter_randomisation
+from trustmap.evaluate.sanity import parameter_randomisation, weighted_layers
 from trustmap.explain import disagreement
 from trustmap.explain.aggregate import (
     attribute_samples,
@@ -27,10 +27,10 @@ from trustmap.explain.aggregate import (
     rank_disagreement,
     summarize,
 )
-from trustmap.explain.methods import get
+from trustmap.explain.methods import MethodRef, get
 from trustmap.explain.reduce import reduce
 from trustmap.predictive import Prediction, Predictive, make_predictive
-from trustmap.report.results import ExplanationResults, SetId
+from trustmap.report.results import SANITY_COLUMNS, ExplanationResults, SetId
 from trustmap.studies.base import RunContext, TensorCache, data_key
 from trustmap.studies.settings import RunSettings
 
@@ -44,7 +44,7 @@ def explanation_scores(cache: TensorCache, measures: list[str], members: list[nn
     predictive predicts, and fed to every measure that reads that method; only the scores are
     cached (the maps of a whole set would be hundreds of megabytes).
     """
-    grouped = disagreement.by_method([m for m in measures if m in disagreement.MEASURES])
+    grouped = disagreement.by_method([m for m in measures if disagreement.is_measure(m)])
     out: dict[str, dict[str, torch.Tensor]] = {}
     data = data_key(dataset)
     for kind in config.explained_kinds:
@@ -102,18 +102,28 @@ def _grid(members: list[nn.Module], sets: dict[str, Dataset], config: RunSetting
     return kind, images, labels, means, stds, ranks
 
 
-def _class_maps(model: nn.Module, test: Dataset, config: RunSettings
-                ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Seed 001: per class, mean ± SEM of |map| min-max normalised, explaining that class."""
-    n = config.explanations.class_n
+def class_maps(model: nn.Module, test: Dataset, method: MethodRef, n: int
+               ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Seed 001: per class, mean ± SEM of |channel-summed map| min-max normalised, explaining
+    that class, over the first `n` inputs of every class (fewer where a class has fewer).
+
+    Returns means and SEMs [K, H, W] (one map per class, whatever the images' channels) and the
+    number of inputs per class. `method` is any method reference (``methods.resolve``).
+    """
     index = [(test.labels == k).nonzero().flatten()[:n] for k in range(test.num_classes)]
     n = min(len(i) for i in index)
     chosen = torch.cat([i[:n] for i in index])
-    maps = get(config.explanations.class_method)(model, test.images[chosen], test.labels[chosen])
-    maps = reduce(maps, ["sum_channels", "absolute", "minmax"]).view(test.num_classes, n,
-                                                                     *maps.shape[1:])
+    maps = get(method)(model, test.images[chosen], test.labels[chosen])
+    # channels are summed first: the reduced maps have one channel, whatever the images have
+    maps = reduce(maps, ["sum_channels", "absolute", "minmax"])
+    maps = maps.view(test.num_classes, n, *maps.shape[1:])
     stats = [class_saliency(maps[k], k, k) for k in range(test.num_classes)]
     return (torch.stack([s.mean[0] for s in stats]), torch.stack([s.sem[0] for s in stats]), n)
+
+
+def _class_maps(model: nn.Module, test: Dataset, config: RunSettings
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    return class_maps(model, test, config.explanations.class_method, config.explanations.class_n)
 
 
 def _faithfulness(model: nn.Module, test: Dataset, config: RunSettings, cache: TensorCache
@@ -157,8 +167,15 @@ def _faithfulness(model: nn.Module, test: Dataset, config: RunSettings, cache: T
     return pd.concat(frames, ignore_index=True), aopc_table(curves)
 
 
-def _sanity(model: nn.Module, test: Dataset, config: RunSettings) -> pd.DataFrame:
+def _sanity(ctx: RunContext, model: nn.Module, test: Dataset, config: RunSettings
+            ) -> pd.DataFrame:
+    """The parameter-randomisation check of every method; left out, with a note, for a model
+    whose layers cannot be reached (TorchScript), where nothing could be randomised."""
     x = test.images[: config.explanations.sanity_n]
+    if not weighted_layers(model, x):
+        ctx.log("the parameter-randomisation check left out: the first member exposes no "
+                "Linear or Conv2d layer to randomise (TorchScript hides them)")
+        return pd.DataFrame(columns=list(SANITY_COLUMNS))
     with torch.no_grad():
         target = model(x).argmax(1)
     frames = [parameter_randomisation(model, x, target, get(method), seed=config.seed)
@@ -182,9 +199,9 @@ def explanation_results(ctx: RunContext, members: list[nn.Module], sets: dict[st
     with ctx.timed("explanations: faithfulness"):
         perturbation, aopc = _faithfulness(model, test, config, cache)
     with ctx.timed("explanations: sanity"):
-        sanity = _sanity(model, test, config)
+        sanity = _sanity(ctx, model, test, config)
     return ExplanationResults(
-        predictive=kind, measures=[m for m in measures if m in disagreement.MEASURES],
+        predictive=kind, measures=[m for m in measures if disagreement.is_measure(m)],
         methods=list(config.explanations.methods), examples=images,
         example_labels=labels, mean_maps=means, std_maps=stds, disagreement=rank,
         class_method=config.explanations.class_method, class_names=list(test.classes),

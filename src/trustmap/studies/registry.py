@@ -8,7 +8,7 @@ NAME`` computes one and writes its own page.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from trustmap.atomic import check_writable, remove_stale_temporaries, together
 from trustmap.errors import CheckpointError, ConfigError, did_you_mean
 from trustmap.report.results import RunResults
 from trustmap.studies import settings as loader
-from trustmap.studies.base import Log, RunContext, Study, quiet
+from trustmap.studies.base import Log, Provided, RunContext, Study, quiet
 from trustmap.studies.influence_maps import InfluenceStudy
 from trustmap.studies.latent_maps import LatentStudy
 from trustmap.studies.recurrent_relevance import RecurrentStudy
@@ -60,14 +60,16 @@ def run_preset() -> dict[str, Any]:
 
 
 def load_settings(study: str | None = None, path: Path | str | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> RunSettings:
+                  overrides: Mapping[str, Any] | None = None,
+                  datasets: Iterable[str] = ()) -> RunSettings:
     """Settings for ``trustmap run`` (``study=None``) or ``trustmap study NAME``: the command's
-    preset, then the TOML file, then the command-line options."""
+    preset, then the TOML file, then the command-line options (``datasets``: names of datasets
+    given in memory)."""
     if study is not None and study not in STUDIES:
         raise ConfigError(f"unknown study {study!r}{did_you_mean(study, STUDIES)}; "
                           f"choose from {', '.join(STUDIES)}")
     preset = run_preset() if study is None else STUDIES[study].alone_preset
-    return loader.load(Settings, path, preset, overrides)
+    return loader.load(Settings, path, preset, overrides, datasets)
 
 
 RESULTS_DIR = "results"
@@ -77,10 +79,12 @@ RUN_RESULTS = "run"
 
 
 def run(settings: RunSettings, out: Path, progress: bool = True, log: Log = quiet,
-        command: str = "trustmap run") -> Path:
-    """``trustmap run``: every enabled study on one context, one page; returns the page."""
+        command: str = "trustmap run", provided: Provided | None = None
+        ) -> tuple[Path, dict[str, Any]]:
+    """``trustmap run``: every enabled study on one context, one page; returns the page and
+    every study's results by name."""
     _claim(out, log)
-    ctx = RunContext(settings, out, command, log, progress)
+    ctx = RunContext(settings, out, command, log, progress, provided or Provided())
     computed = {name: STUDIES[name].compute(ctx) for name in settings.studies}
     core: RunResults = computed["uncertainty"]
     core.header["cache"] = (f"{ctx.cache_hits} attack, forward-pass and explanation results "
@@ -89,7 +93,7 @@ def run(settings: RunSettings, out: Path, progress: bool = True, log: Log = quie
     core.header["seconds"] = ctx.timings
     for name, results in computed.items():
         persist.save(results, out / RESULTS_DIR / RUN_RESULTS, name)
-    return _draw_run(computed, ctx)
+    return _draw_run(computed, ctx), computed
 
 
 def run_study(name: str, settings: RunSettings, out: Path, progress: bool = True,

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from trustmap.errors import ConfigError, did_you_mean
 
@@ -81,29 +89,67 @@ RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 folder, no '..'), so a run is written inside the runs directory and nowhere else."""
 
 ALL_OOD = ("fashion-mnist", "letters", "natural-patches", "noise-uniform", "noise-gaussian")
+USER_OOD = ("natural-patches", "noise-uniform")
+"""The OOD sets of a run on the user's own images unless it names its own: far-OOD sets that
+mean something for any image classifier (the others are digit-like or clothing)."""
+CONFORM = ("convert", "refuse")
+
+
+def data_reference(where: str, reference: str, provided: Iterable[str] = ()) -> None:
+    """ConfigError unless ``reference`` is a dataset name, one of the datasets ``provided`` in
+    memory (``trustmap.audit``), or reads as a path (a path that does not exist is reported,
+    with what exists, when the run loads it, before anything is written)."""
+    from trustmap.data.catalog import REGISTRY
+    from trustmap.data.references import is_path
+
+    if not is_path(reference):
+        allowed(where, [reference], [*REGISTRY, *provided])
 
 
 class DataSettings(Section):
     in_distribution: str = "mnist-embedded"
+    """A dataset name, an ImageFolder, a folder of class folders or an .npz (see README)."""
     ood: tuple[str, ...] = ALL_OOD
-    """OOD sets; official ones that are not on this machine are skipped with a note."""
+    """OOD sets (names or paths); official ones that are not on this machine are skipped with
+    a note. A run on the user's own images defaults to ``USER_OOD``."""
     max_per_set: int = Field(1000, ge=0)
     """At most this many test images per set (the first ones, so the choice is fixed); 0: all."""
+    resize: tuple[int, int] | None = None
+    """[H, W] every image of a path is resized to (bilinear, antialiased); None: kept as is."""
+    conform: str = "convert"
+    """What happens to an OOD set whose channels or size differ from the in-distribution
+    images: "convert" (gray to RGB by repetition, RGB to gray by ITU-R BT.601 luma, bilinear
+    resize; every step recorded in the set's provenance) or "refuse" (an error)."""
 
     @model_validator(mode="after")
-    def _known(self) -> DataSettings:
-        from trustmap.data.catalog import REGISTRY
-
-        allowed("data.in_distribution", [self.in_distribution], REGISTRY)
-        allowed("data.ood", self.ood, REGISTRY)
+    def _known(self, info: ValidationInfo) -> DataSettings:
+        provided = (info.context or {}).get("datasets", ())
+        data_reference("data.in_distribution", self.in_distribution, provided)
+        for reference in self.ood:
+            data_reference("data.ood", reference, provided)
+        allowed("data.conform", [self.conform], CONFORM)
         if self.in_distribution in self.ood:
             raise ConfigError(f"data.ood must not contain the in-distribution set "
                               f"{self.in_distribution!r}")
+        if self.resize is not None and min(self.resize) < 1:
+            raise ConfigError(f"data.resize must be [height, width] >= 1, got {list(self.resize)}")
         return self
 
 
+class NormalizeSettings(Section):
+    """The normalisation a user's model expects before its first layer, per channel."""
+
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+
+
 class ModelSettings(Section):
-    """The run's ensemble: what every study explains unless it names its own models."""
+    """The run's ensemble: what every study explains unless it names its own models.
+
+    A zoo model (``name``) is trained; the user's own members are given instead by
+    ``factory`` + ``checkpoints`` (one member per checkpoint) or by ``torchscript`` files, and
+    nothing is trained. Paths are relative to the working directory.
+    """
 
     name: str = "lenet"
     members: int = Field(5, ge=1)
@@ -117,6 +163,27 @@ class ModelSettings(Section):
     augment: tuple[str, ...] = ("shift",)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     """A validation split is needed: temperature scaling is fitted on it."""
+    factory: str | None = None
+    """"package.module:callable" returning the user's nn.Module (called with num_classes and
+    in_channels where it takes them); its weights come from ``checkpoints``."""
+    checkpoints: tuple[str, ...] = ()
+    """State dicts (.safetensors, or .pt/.pth read with weights_only=True), one per member."""
+    torchscript: tuple[str, ...] = ()
+    """TorchScript files, one per member (instead of factory + checkpoints)."""
+    normalize: NormalizeSettings | None = None
+    """mean/std the user's model expects its [0, 1] inputs normalised with; None: it takes
+    [0, 1] images as they are (or normalises them itself)."""
+    gradcam_layer: str | None = None
+    """The layer Grad-CAM reads, by its name in the user's model (``dict(named_modules())``);
+    None: the last module with a spatial output, found on a dry run."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_or_many(cls, values: Any) -> Any:
+        """``torchscript = "model.pt"`` is one member; a list is several."""
+        if isinstance(values, Mapping) and isinstance(values.get("torchscript"), str):
+            return {**values, "torchscript": (values["torchscript"],)}
+        return values
 
     @model_validator(mode="after")
     def _known(self) -> ModelSettings:
@@ -125,7 +192,25 @@ class ModelSettings(Section):
         image_classifiers("model.name", [self.name])
         allowed("model.optimizer", [self.optimizer], OPTIMIZERS)
         allowed("model.augment", self.augment, AUGMENTATIONS)
+        if self.torchscript and (self.factory or self.checkpoints):
+            raise ConfigError("model.torchscript gives whole members; leave out model.factory "
+                              "and model.checkpoints (or give those and no torchscript)")
+        if self.checkpoints and not self.factory:
+            raise ConfigError("model.checkpoints need model.factory = \"package.module:callable\""
+                              ", the function that builds the network the weights belong to")
+        if self.factory and not self.checkpoints:
+            raise ConfigError(f"model.factory = {self.factory!r} builds untrained networks; "
+                              "give their trained weights as model.checkpoints = [...] (one "
+                              "file per member)")
+        if self.factory is not None and ":" not in self.factory:
+            raise ConfigError(f"model.factory = {self.factory!r} must read "
+                              "\"package.module:callable\", e.g. \"mymodels:SmallCNN\"")
         return self
+
+    @property
+    def given(self) -> bool:
+        """Whether the members are the user's, loaded instead of trained."""
+        return bool(self.checkpoints or self.torchscript)
 
 
 class PredictiveSettings(Section):
@@ -144,16 +229,17 @@ class PredictiveSettings(Section):
 
 class MeasureSettings(Section):
     names: tuple[str, ...] = ()
-    """Empty means every measure: of the probabilities, then of explanation disagreement."""
+    """Empty means every measure: of the probabilities, then of explanation disagreement. Any
+    method's disagreement can be named: ``<method>_rank_disagreement``,
+    ``<method>_cosine_disagreement`` (e.g. ``captum_Saliency_rank_disagreement``)."""
 
     @model_validator(mode="after")
     def _known(self) -> MeasureSettings:
-        allowed("measures.names", self.names, all_measures())
-        return self
+        from trustmap.explain import disagreement
 
-    @property
-    def selected(self) -> list[str]:
-        return list(self.names) or all_measures()
+        allowed("measures.names", [n for n in self.names if not disagreement.is_measure(n)],
+                all_measures())
+        return self
 
 
 def all_measures() -> list[str]:
@@ -209,11 +295,15 @@ class ExplanationSettings(Section):
 
     @model_validator(mode="after")
     def _known(self) -> ExplanationSettings:
-        from trustmap.explain.methods import names
+        from trustmap.explain.methods import resolve
         from trustmap.predictive import PREDICTIVES
 
-        allowed("explanations.methods", self.methods, names())
-        allowed("explanations.class_method", [self.class_method], names())
+        for where, method in [*(("explanations.methods", m) for m in self.methods),
+                              ("explanations.class_method", self.class_method)]:
+            try:
+                resolve(method)
+            except ConfigError as error:
+                raise ConfigError(f"{where}: {error}") from None
         allowed("explanations.predictives", self.predictives, PREDICTIVES)
         return self
 
@@ -225,6 +315,9 @@ class RunSettings(Section):
     """The run's folder inside the runs directory: a plain name, never a path."""
     seed: int = Field(0, ge=0, lt=2**63)  # TOML's integers; torch takes up to 2**64 - 1
     device: str = "cpu"
+    batch_size: int = Field(1024, ge=1)
+    """Images per forward pass when the run predicts its sets (training batches:
+    ``[model] batch_size``); lower it where a large model or large images fill the device."""
     studies: tuple[str, ...] = ("uncertainty", "latent", "influence")
     """What ``trustmap run`` computes and reports, in this order."""
     data: DataSettings = DataSettings()
@@ -248,10 +341,35 @@ class RunSettings(Section):
     def _device(cls, name: str) -> str:
         return str(torch_device(name))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _user_defaults(cls, values: Any, info: ValidationInfo) -> Any:
+        """A run on the user's own images or members computes what applies to any image
+        classifier unless the file says otherwise: the uncertainty study (the latent and
+        influence studies reproduce seeds on 28x28 gray digits) and far-OOD sets."""
+        if not isinstance(values, Mapping):
+            return values
+        data, model = values.get("data", {}), values.get("model", {})
+        if not isinstance(data, Mapping) or not isinstance(model, Mapping):
+            return values
+        from trustmap.data.references import is_path
+
+        reference = data.get("in_distribution")
+        provided = (info.context or {}).get("datasets", ())
+        own_data = isinstance(reference, str) and (is_path(reference) or reference in provided)
+        own_model = any(model.get(key) for key in ("checkpoints", "torchscript"))
+        if not (own_data or own_model):
+            return values
+        values = dict(values)
+        values.setdefault("studies", ("uncertainty",))
+        if own_data and "ood" not in data:
+            values["data"] = {**data, "ood": USER_OOD}
+        return values
+
     @model_validator(mode="after")
     def _consistent(self) -> RunSettings:
         """Checks across tables: what one table asks of another must be there."""
-        from trustmap.explain.methods import SINGLE_PASS
+        from trustmap.explain.methods import SINGLE_PASS, single_pass
 
         kinds = self.predictives.kinds
         if self.model.dropout == 0 and {"mc-dropout", "ensemble-mc"} & set(kinds):
@@ -264,13 +382,29 @@ class RunSettings(Section):
                               "compared)")
         if explained[0] in ("mc-dropout", "ensemble-mc"):
             allowed(f"explanations.methods (shown for {explained[0]}, where every pass draws "
-                    "new dropout masks)", self.explanations.methods, sorted(SINGLE_PASS))
+                    "new dropout masks)",
+                    [m for m in self.explanations.methods if not single_pass(m)],
+                    sorted(SINGLE_PASS))
         missing = [a for a in self.adversarial.attacked if a not in kinds]
         if missing:
             raise ConfigError(f"adversarial.attacked names {missing[0]!r}, which is not in "
                               "predictives.kinds; an attack's success is judged by the "
                               "predictive it attacked, so add it there")
         return self
+
+    @property
+    def measure_names(self) -> list[str]:
+        """The measures the run scores: ``[measures] names``, or when empty every measure, with
+        the disagreement measures of every explanation method beyond the table's (a Captum
+        method gets its rank and cosine disagreement like a built-in one)."""
+        if self.measures.names:
+            return list(self.measures.names)
+        from trustmap.explain import disagreement
+
+        found = all_measures()
+        for method in self.explanations.methods:
+            found += [m for m in disagreement.measures_for(method) if m not in found]
+        return found
 
     @property
     def explained_kinds(self) -> list[str]:
@@ -334,11 +468,12 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return merged
 
 
-def parse(model: type[S], values: Mapping[str, Any]) -> S:
-    """Settings of type ``model`` from TOML-like values, or a ConfigError that says what to fix."""
+def parse(model: type[S], values: Mapping[str, Any], datasets: Iterable[str] = ()) -> S:
+    """Settings of type ``model`` from TOML-like values, or a ConfigError that says what to fix;
+    ``datasets`` are names of datasets given in memory, allowed wherever a dataset is named."""
     _unknown_keys(model, values)
     try:
-        return model.model_validate(_tuples(values))
+        return model.model_validate(_tuples(values), context={"datasets": tuple(datasets)})
     except ValidationError as error:
         raise ConfigError(_format(error)) from None
 
@@ -374,11 +509,12 @@ def read_toml(path: Path | str) -> dict[str, Any]:
 
 def load(model: type[S], path: Path | str | None = None,
          preset: Mapping[str, Any] | None = None,
-         overrides: Mapping[str, Any] | None = None) -> S:
-    """``preset``, then the TOML file at ``path``, then ``overrides`` (command-line options)."""
+         overrides: Mapping[str, Any] | None = None, datasets: Iterable[str] = ()) -> S:
+    """``preset``, then the TOML file at ``path``, then ``overrides`` (command-line options or
+    the Python API's arguments; ``datasets`` names the datasets it gives in memory)."""
     values = merge(preset or {}, read_toml(path) if path is not None else {})
     values = merge(values, overrides or {})
     try:
-        return parse(model, values)
+        return parse(model, values, datasets)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}" if path is not None else str(error)) from None

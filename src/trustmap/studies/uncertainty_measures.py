@@ -22,7 +22,8 @@ from torch import nn
 import trustmap
 from trustmap import per_sample
 from trustmap.atomic import Outputs
-from trustmap.data import Dataset, load
+from trustmap.data import Dataset
+from trustmap.data.references import is_path
 from trustmap.errors import ConfigError, DataError
 from trustmap.evaluate.adversarial import (
     detection_table,
@@ -60,14 +61,18 @@ from trustmap.uncertainty import MEASURES, compute, uncertainty_scores
 
 
 def _test_sets(ctx: RunContext) -> tuple[dict[str, Dataset], list[str]]:
-    """The ID test set and every OOD set that is available here, each cut to max_per_set."""
+    """The ID test set and every OOD set that is available here, each cut to max_per_set and
+    brought to the ID images' channels and size by ``[data] conform``."""
     data = ctx.settings.data
-    sets = {data.in_distribution: ctx.test_set(data.in_distribution)}
+    id_set = ctx.test_set(data.in_distribution)
+    sets = {data.in_distribution: id_set}
     skipped = []
     for name in data.ood:
         try:
-            sets[name] = ctx.test_set(name)
+            sets[name] = ctx.conformed(ctx.test_set(name), id_set)
         except DataError as error:
+            if is_path(name):
+                raise  # the user's own set: a mistake to fix, not a set to skip
             skipped.append(f"{name}: {error}")
             ctx.log(f"skipping OOD set {name}: not available here (see `trustmap data list`)")
     return sets, skipped
@@ -245,14 +250,19 @@ class UncertaintyStudy:
     def compute(self, ctx: RunContext) -> RunResults:
         settings = ctx.settings
         kinds = list(settings.predictives.kinds)
-        measures = settings.measures.selected
+        measures = settings.measure_names
         torch.manual_seed(ctx.seed)
-        train = load(settings.data.in_distribution, "train")
+        train = ctx.load(settings.data.in_distribution, "train")
         _check_patch(settings.explanations.patch, train)
         sets, skipped = _test_sets(ctx)
         id_name = settings.data.in_distribution
         _check_test_set(sets[id_name], settings)
-        ensemble = ctx.ensemble(ensemble_spec(settings.model, ctx.seed), train)
+        if settings.model.given or ctx.provided.members:
+            ensemble = ctx.given_ensemble(train)
+            settings = ctx.settings  # without what the given members cannot take
+            kinds, measures = list(settings.predictives.kinds), settings.measure_names
+        else:
+            ensemble = ctx.ensemble(ensemble_spec(settings.model, ctx.seed), train)
         members = ensemble.members
         cache = ctx.cache(ensemble)
 
@@ -292,10 +302,10 @@ class UncertaintyStudy:
                                        predictions, ranked)
             classes = sets[id_name].classes
             results = RunResults(
-                header=_header(ctx, ensemble, sets, skipped),
+                header=_header(ctx, ensemble, sets, skipped, val),
                 in_distribution=id_name,
                 predictives=kinds,
-                measures={m: (MEASURES.get(m) or disagreement.MEASURES[m]).definition
+                measures={m: (MEASURES.get(m) or disagreement.measure(m)).definition
                           for m in measures},
                 per_sample=per_sample.table(
                     [_per_sample(n, id_name, d, classes, predictions[n], scores[n])
@@ -372,11 +382,22 @@ def _check_patch(patch: int, train: Dataset) -> None:
 
 
 def _header(ctx: RunContext, ensemble: EnsembleRun, sets: dict[str, Dataset],
-            skipped: list[str]) -> dict[str, Any]:
+            skipped: list[str], val: Dataset) -> dict[str, Any]:
     settings = ctx.settings
-    member_accuracy = [m["metrics"]["val_accuracy"] for m in ensemble.member_meta]
-    origin = ("reused from " + str(ensemble.directory)
-              if str(ensemble.directory) in ctx.resumed else "trained now")
+    if str(ensemble.directory) in ctx.given:
+        files = settings.model.checkpoints or settings.model.torchscript
+        name = getattr(ensemble.members[0], "name", type(ensemble.members[0]).__name__)
+        shown = ", ".join(files) or "in memory"
+        model = f"{len(ensemble.members)} x {name} (given: {shown})"
+        logits = ctx.predict(ensemble, val, ["ensemble"])["ensemble"].sample_logits
+        member_accuracy = (logits.argmax(2) == val.labels).double().mean(1).tolist()
+        model += (f"; accuracy and temperature on {len(val)} images held out of the train "
+                  "split, which the given members may have trained on")
+    else:
+        origin = ("reused from " + str(ensemble.directory)
+                  if str(ensemble.directory) in ctx.resumed else "trained now")
+        model = f"{settings.model.members} x {settings.model.name} ({origin})"
+        member_accuracy = [m["metrics"]["val_accuracy"] for m in ensemble.member_meta]
     return {
         "command": ctx.command,
         "trustmap": trustmap.__version__,
@@ -384,7 +405,7 @@ def _header(ctx: RunContext, ensemble: EnsembleRun, sets: dict[str, Dataset],
         "python": platform.python_version(),
         "seed": settings.seed,
         "config": settings.model_dump(mode="json"),
-        "model": f"{settings.model.members} x {settings.model.name} ({origin})",
+        "model": model,
         "member validation accuracy": [round(a, 4) for a in member_accuracy],
         "datasets": {name: {"n": len(d), "provenance": d.provenance}
                      for name, d in sets.items()},
