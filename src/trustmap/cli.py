@@ -347,13 +347,14 @@ def data_show(
 @models_app.command("list")
 @friendly_errors
 def models_list() -> None:
-    """Name, parameters (1x28x28 or 1x28x84 for the recurrent ones, 10 classes), Grad-CAM layer
-    of every model."""
+    """Name, parameters (1x28x28 or 1x28x84 for the recurrent ones, 10 classes), smallest
+    image size, Grad-CAM layer of every model."""
     from trustmap.models import describe
 
-    table = Table("name", "parameters", "Grad-CAM layer", "dropout", "description")
+    table = Table("name", "parameters", "min size", "Grad-CAM layer", "dropout", "description")
     for row in describe():
-        table.add_row(row.name, f"{row.parameters:,}", row.gradcam_layer or "-",
+        size = "x".join(map(str, row.min_input_size)) if row.min_input_size else "28x84 only"
+        table.add_row(row.name, f"{row.parameters:,}", size, row.gradcam_layer or "-",
                       "yes" if row.has_dropout else "no", row.description)
     console.print(table)
 

@@ -69,6 +69,13 @@ CASES: dict[str, Case] = {
     "factory without checkpoints": ('[model]\nfactory = "user_models:SmallCNN"\n', {},
                                     "checkpoints"),
     "no such data": ("", {"--data": "{root}/nowhere"}, "nowhere"),
+    "factory that is not module:callable": ('[model]\nfactory = "user_models"\n'
+                                            'checkpoints = ["{root}/m0.safetensors"]\n', {},
+                                            "package.module:callable"),
+    "torchscript beside a factory": (MODEL.format(checkpoints=GOOD)
+                                     + 'torchscript = "{root}/m0.pt"\n', {}, "torchscript"),
+    "resize to nothing": ('[data]\nresize = [0, 32]\n', {}, "data.resize"),
+    "unknown conform policy": ('[data]\nconform = "squash"\n', {}, "convert"),
     "ood set refused by conform": (
         MODEL.format(checkpoints=GOOD) + '[data]\nconform = "refuse"\n', {},
         "data.conform"),

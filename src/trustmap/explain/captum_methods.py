@@ -120,7 +120,12 @@ def acceptable_names() -> list[str]:
 
 def named(reference: str) -> CaptumMethod:
     """The method of ``"captum:Name"``; unknown or unusable names say why and what to do."""
-    import captum.attr
+    try:
+        import captum.attr
+    except ImportError:
+        raise ConfigError(f"{reference!r} names a Captum method but Captum is not installed; "
+                          'install it with pip install "trustmap[captum]" (or pip install '
+                          "captum)") from None
 
     name = reference[len(PREFIX):] if reference.startswith(PREFIX) else reference
     cls = getattr(captum.attr, name, None) if name in captum.attr.__all__ else None

@@ -330,6 +330,7 @@ class RunContext:
             hashed.update(digest((f"{i}.{k}", v) for i, m in enumerate(members)
                                  for k, v in m.state_dict().items()).encode())
         directory = self.out / "checkpoints" / f"given-{hashed.hexdigest()[:10]}"
+        members = [m.to(self.device) for m in members]  # where they stay for the whole run
         self._drop_mc_dropout(members)
         self._drop_methods(members[0], data)
         shown = ", ".join(map(str, files)) or "in memory"
@@ -341,7 +342,7 @@ class RunContext:
                 for m in members]
         record = {"name": data.name, "classes": list(data.classes),
                   "in_channels": data.in_channels, "provenance": data.provenance}
-        run = EnsembleRun(directory, None, [m.to(self.device) for m in members], meta, record)
+        run = EnsembleRun(directory, None, members, meta, record)
         self.given.append(str(directory))
         return run
 
