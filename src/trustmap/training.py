@@ -523,10 +523,10 @@ def _read_run(directory: Path) -> tuple[RunSpec, dict[str, Any]]:
 
 def image_size_options(model: str, size: Sequence[int]) -> dict[str, Any]:
     """The build option of zoo model ``model`` for images of ``size`` [H, W]: none for 28x28
-    (every image model's default, so the records of 28x28 runs stay as they were) or for a
-    recurrent model (it checks its own sequence shape), else ``input_size``."""
-    if tuple(size) == (INPUT_SIZE, INPUT_SIZE) or not sized(model):
-        return {}
+    (every image model's default, so the records of 28x28 runs stay as they were), for a
+    recurrent model (it checks its own sequence shape) or the VAE, else ``input_size``."""
+    if tuple(size) == (INPUT_SIZE, INPUT_SIZE) or model not in names() or not sized(model):
+        return {}  # 28x28, a recurrent model, or the VAE (not a zoo model)
     return {"input_size": list(size)}
 
 

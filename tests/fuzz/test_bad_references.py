@@ -143,3 +143,15 @@ def test_the_checkpoint_error_names_the_key_and_both_shapes(given: Path, tmp_pat
     found = " ".join(result.output.split())
     assert "fc.weight" in found and "[10, 32]" in found and "[4, 32]" in found, found
 
+
+
+@pytest.mark.parametrize(("study", "expected"), [("latent", "data.resize = [28, 28]"),
+                                                 ("influence", "single-channel")])
+def test_a_seed_study_on_images_it_cannot_read_writes_nothing(study: str, expected: str,
+                                                              given: Path,
+                                                              tmp_path: Path) -> None:
+    out = tmp_path / study
+    result = runner.invoke(app, ["study", study, "--data", str(given / "shapes"), "--out",
+                                 str(out), "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert expected in " ".join(result.output.split()) and not out.exists()

@@ -26,9 +26,10 @@ from torch import nn
 
 import trustmap
 from trustmap.atomic import Outputs
-from trustmap.data import Dataset, load
+from trustmap.data import Dataset
 from trustmap.errors import ConfigError
 from trustmap.evaluate import latent
+from trustmap.models.base import INPUT_SIZE
 from trustmap.predictive import Prediction, Predictive, make_predictive
 from trustmap.report import page
 from trustmap.report.results import MIDPOINT_COLUMNS, LatentResults
@@ -203,7 +204,12 @@ class LatentStudy:
     def compute(self, ctx: RunContext) -> LatentResults:
         settings: LatentSettings = ctx.section(self.name)
         data = ctx.settings.data.in_distribution
-        train, test = load(data, "train"), ctx.test_set(data)
+        train, test = ctx.load(data, "train"), ctx.test_set(data)
+        if tuple(train.images.shape[2:]) != (INPUT_SIZE, INPUT_SIZE):
+            raise ConfigError(f"the latent study's VAE (seed 003: 784-400-256 dense layers) "
+                              f"reads {INPUT_SIZE}x{INPUT_SIZE} images, but {data!r} has "
+                              f"{'x'.join(map(str, train.images.shape[2:]))}; set data.resize "
+                              f"= [{INPUT_SIZE}, {INPUT_SIZE}] or leave 'latent' out of studies")
         vae = ctx.vae(train, settings.vae_epochs)
         ensembles = _ensembles(ctx, settings, train)
         with ctx.timed("latent map"):
