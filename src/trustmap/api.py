@@ -126,6 +126,10 @@ def audit(members: nn.Module | Sequence[nn.Module],
     loaded = load_settings(None, None, values, datasets=datasets)
     like = (datasets[id_name]["test"] if id_name in datasets
             else RunContext(loaded, out).load(id_name, "test"))
+    if not like.labelled:
+        raise DataError(f"data: {like.name!r} has images without a label; the in-distribution "
+                        "images need their labels (accuracy, calibration, class maps): give "
+                        "unlabelled images as an OOD set (data.ood)")
     provided = Provided(members=_members(members, like, mean, std, gradcam_layer),
                         datasets=datasets)
     _, computed = run(loaded, out, progress=progress, log=log or (lambda message: None),

@@ -28,7 +28,14 @@ from tqdm.auto import tqdm
 import trustmap
 from trustmap.atomic import Outputs, check_writable, remove_stale_temporaries, write_atomic
 from trustmap.data.dataset import Dataset
-from trustmap.errors import CheckpointError, ConfigError, ModelError, TrustmapError, did_you_mean
+from trustmap.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ModelError,
+    TrustmapError,
+    did_you_mean,
+)
 from trustmap.models import build, channels_last, names, sized, to_channels_last
 from trustmap.models.base import INPUT_SIZE
 from trustmap.models.vae import NAME as VAE_NAME
@@ -605,6 +612,9 @@ def fit_ensemble(
     is None for a member that was resumed from disk.
     """
     directory = Path(out)
+    if not train.labelled:
+        raise DataError(f"{train.name!r} ({train.split}) has {int((train.labels < 0).sum())} "
+                        "image(s) without a label; training needs every label")
     size = image_size_options(spec.model, train.images.shape[2:])
     with torch.device("meta"):  # the options are checked before the directory is claimed
         build(spec.model, train.in_channels, train.num_classes, **size, **spec.model_kwargs)

@@ -155,3 +155,22 @@ def test_a_seed_study_on_images_it_cannot_read_writes_nothing(study: str, expect
                                  str(out), "--quiet"])
     assert result.exit_code == 2, result.output
     assert expected in " ".join(result.output.split()) and not out.exists()
+
+
+def test_unlabelled_in_distribution_images_are_refused_before_anything(tmp_path: Path) -> None:
+    import trustmap
+    from trustmap.data import Dataset
+    from trustmap.errors import DataError
+    from trustmap.training import RunSpec, TrainConfig, fit_ensemble
+
+    images = torch.rand(8, 3, 16, 16)
+    unlabelled = {split: Dataset("mine", split, images, torch.full((8,), -1), ())
+                  for split in ("train", "test")}
+    out = tmp_path / "mine"
+    with pytest.raises(DataError, match="without a label.*data.ood"):
+        trustmap.audit([SmallCNN(4, 3)], data=unlabelled, out=out)
+    assert not out.exists()
+    spec = RunSpec(model="lenet", members=1, seed=0, train=TrainConfig(epochs=1))
+    with pytest.raises(DataError, match="training needs every label"):
+        fit_ensemble(spec, unlabelled["train"], tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -256,6 +256,7 @@ class UncertaintyStudy:
         _check_patch(settings.explanations.patch, train)
         sets, skipped = _test_sets(ctx)
         id_name = settings.data.in_distribution
+        _check_labelled(train, sets[id_name])
         _check_test_set(sets[id_name], settings)
         if settings.model.given or ctx.provided.members:
             ensemble = ctx.given_ensemble(train)
@@ -371,6 +372,17 @@ def _check_test_set(test: Dataset, settings: RunSettings) -> None:
                           f"(data.max_per_set = {cap}) hold "
                           f"{int(counts.min())} of class {scarce!r}; the class saliency maps "
                           "need two of every class: raise data.max_per_set or set it to 0 (all)")
+
+
+def _check_labelled(*parts: Dataset) -> None:
+    """The in-distribution set is the one accuracy, calibration and class maps are measured
+    on: every image needs its label (an unlabelled set is an OOD or audit set)."""
+    for part in parts:
+        if not part.labelled:
+            raise DataError(f"the in-distribution set {part.name!r} ({part.split}) has "
+                            f"{int((part.labels < 0).sum())} image(s) without a label; give "
+                            "labelled images as data.in_distribution, and unlabelled ones as "
+                            "an OOD set (data.ood)")
 
 
 def _check_patch(patch: int, train: Dataset) -> None:
