@@ -93,6 +93,24 @@ def test_explain_writes_maps_scores_and_grid(trained_run: Path, tmp_path: Path) 
     assert (out / "grid.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_explain_on_an_ood_set_names_the_model_s_classes(trained_run: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from trustmap.report import explain_figures
+
+    shown: list[str] = []
+    draw = explain_figures.explanation_grid
+    monkeypatch.setattr(explain_figures, "explanation_grid",
+                        lambda images, labels, *rest: shown.extend(labels) or draw(images, labels,
+                                                                                   *rest))
+    result = invoke("explain", "--run", str(trained_run), "--data", "letters", "--methods",
+                    "gradient", "--n", "3", "--out", str(tmp_path / "letters"))
+    assert result.exit_code == 0, result.output
+    scores = pd.read_csv(tmp_path / "letters" / "scores.csv")
+    assert scores["label"].isna().all()  # letters are no digit: no label of the model's
+    # each row is named by the digit the model predicted, never by a letter
+    assert [label.split(" · ")[1] for label in shown] == [str(p) for p in scores["predicted"]]
+
+
 def test_explain_lists_methods_and_refuses_unknown_ones(trained_run: Path) -> None:
     listed = invoke("explain", "--list")
     assert listed.exit_code == 0 and "lrp-epsilon-gamma-box" in listed.output

@@ -585,8 +585,12 @@ def explain(
     x = dataset.images[:n]
     sampler = make_predictive(predictive, ensemble.members, samples, seed)
     prediction = sampler.predict(x)
-    columns: dict[str, Any] = {"index": range(len(x)), "label": dataset.labels[:n].numpy(),
-                               "predicted": prediction.predicted.numpy()}
+    known = tuple(dataset.classes) == ensemble.classes  # else the labels are not the model's
+    columns: dict[str, Any] = {
+        "index": range(len(x)),
+        "label": pd.array(dataset.labels[:n].numpy() if known else [None] * len(x),
+                          dtype="Int64"),
+        "predicted": prediction.predicted.numpy()}
     tensors: dict[str, torch.Tensor] = {}
     means, stds, disagreement = {}, {}, {}
     for method in chosen:
@@ -612,7 +616,7 @@ def explain(
                  lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
     _write_table(pd.DataFrame(columns), folder / "scores.csv")
     shown = min(len(x), 12)
-    labels = [f"{data} {i} · {dataset.classes[int(c)]}"
+    labels = [f"{_file_name(data)} {i} · {ensemble.classes[int(c)]}"
               for i, c in enumerate(prediction.predicted[:shown])]
     save_figure(explanation_grid(x[:shown], labels, chosen,
                                  {m: v[:shown] for m, v in means.items()},
