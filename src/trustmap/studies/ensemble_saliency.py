@@ -52,18 +52,26 @@ def explanation_scores(cache: TensorCache, measures: list[str], members: list[nn
         out[kind] = {}
         for method, names in grouped.items():
             key = {**data, "explained": kind, "method": method, "measures": names,
-                   "mc_samples": config.predictives.mc_samples, "seed": config.seed}
+                   "mc_samples": config.predictives.mc_samples, "seed": config.seed,
+                   "batch_size": config.batch_size}  # MC dropout's masks follow the batches
             found = cache.get(key, functools.partial(
-                _disagreement, method, names, predictive, dataset.images, predictions[kind]))
+                _disagreement, method, names, predictive, dataset.images, predictions[kind],
+                config.batch_size))
             # in the measures' order: a cache file gives its tensors back sorted by name
             out[kind].update({name: found[name] for name in names})
     return out
 
 
 def _disagreement(method: str, names: list[str], predictive: Predictive, images: torch.Tensor,
-                  prediction: Prediction) -> dict[str, torch.Tensor]:
-    maps = attribute_samples(method, predictive, images, prediction.predicted)
-    return disagreement.compute({method: maps}, names)
+                  prediction: Prediction, batch_size: int) -> dict[str, torch.Tensor]:
+    """The measures ``names`` of ``method``'s sample maps, ``batch_size`` inputs at a time: a
+    set's maps [S, N, C, H, W] are never held at once (5 members x 1,000 RGB 224x224 images
+    would be 3 GB per method), and each input's score depends on its own maps only."""
+    parts = [disagreement.compute({method: attribute_samples(method, predictive, x, target)},
+                                  names)
+             for x, target in zip(images.split(batch_size),
+                                  prediction.predicted.split(batch_size), strict=True)]
+    return {name: torch.cat([part[name] for part in parts]) for name in names}
 
 
 def _examples(sets: dict[str, Dataset], per_set: int, explained: str

@@ -316,8 +316,9 @@ class RunSettings(Section):
     seed: int = Field(0, ge=0, lt=2**63)  # TOML's integers; torch takes up to 2**64 - 1
     device: str = "cpu"
     batch_size: int = Field(1024, ge=1)
-    """Images per forward pass when the run predicts its sets (training batches:
-    ``[model] batch_size``); lower it where a large model or large images fill the device."""
+    """Images per forward pass when the run predicts its sets, and per batch of the maps behind
+    explanation disagreement (training batches: ``[model] batch_size``); lower it where a large
+    model or large images fill the device."""
     studies: tuple[str, ...] = ("uncertainty", "latent", "influence")
     """What ``trustmap run`` computes and reports, in this order."""
     data: DataSettings = DataSettings()
