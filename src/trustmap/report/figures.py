@@ -79,7 +79,7 @@ def ranking_measure(results: RunResults) -> str:
 
 def dataset_order(results: RunResults) -> list[str]:
     """The ID set first, then the others in table order, so every figure agrees on colours."""
-    names = dict.fromkeys(results.per_sample["set"])
+    names = results.per_sample["set"].unique()  # in order of appearance
     return [results.in_distribution] + [name for name in names if name != results.in_distribution]
 
 
@@ -89,8 +89,9 @@ def compared_sets(results: RunResults) -> list[str]:
     Those controls (``noise:...``) are negatives of the adversarial protocol, reported in its
     table; drawn beside twenty other sets they would only crowd the figures.
     """
-    roles = dict(zip(results.per_sample["set"], results.per_sample["role"], strict=True))
-    return [name for name in dataset_order(results) if roles[name] != "noise"]
+    sets = results.per_sample[["set", "role"]].drop_duplicates("set")
+    noise = set(sets.loc[sets["role"] == "noise", "set"])
+    return [name for name in dataset_order(results) if name not in noise]
 
 
 def _colours(results: RunResults) -> dict[str, Any]:
