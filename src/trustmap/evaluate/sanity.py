@@ -20,6 +20,7 @@ from torch import nn
 from trustmap.errors import ConfigError, DataError
 from trustmap.explain.core import Target, as_targets, check_inputs, module_named
 from trustmap.explain.similarity import cosine, spearman
+from trustmap.models.base import called_modules
 
 Explain = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 """An attribution method: explain(model, x, target) -> maps shaped like x."""
@@ -42,16 +43,8 @@ def weighted_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     computation rather than the order in which modules were registered; unused layers are left
     out. Run it on a copy when buffers must not move (BatchNorm in train mode).
     """
-    called: list[str] = []
-    hooks = [module.register_forward_hook(lambda *_, name=name: called.append(name))
-             for name, module in model.named_modules()
-             if isinstance(module, WEIGHTED) and any(True for _ in module.parameters())]
-    try:
-        with torch.no_grad():
-            model(x[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    called = called_modules(model, x, lambda module: isinstance(module, WEIGHTED)
+                            and any(True for _ in module.parameters()))
     return list(dict.fromkeys(called))[::-1]
 
 

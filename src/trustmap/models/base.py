@@ -224,6 +224,23 @@ def check_size(model: str, input_size: tuple[int, int], min_size: tuple[int, int
                          f"({reason}): enlarge the data or choose another model")
 
 
+def called_modules(model: nn.Module, x: torch.Tensor, keep: Callable[[nn.Module], bool]
+                   ) -> list[str]:
+    """Names of the modules ``keep`` selects, in the order one dry forward pass on ``x[:1]``
+    calls them (a module called twice is listed twice): the computation's order, not the
+    order the modules were registered in."""
+    called: list[str] = []
+    hooks = [module.register_forward_hook(lambda *_, name=name: called.append(name))
+             for name, module in model.named_modules() if keep(module)]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return called
+
+
 def sequential(**layers: nn.Module) -> nn.Sequential:
     """An nn.Sequential whose children have readable names, e.g. ``features.pool2``."""
     return nn.Sequential(OrderedDict(layers))

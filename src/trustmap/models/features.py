@@ -11,19 +11,12 @@ import torch
 from torch import nn
 
 from trustmap.errors import ModelError, did_you_mean
+from trustmap.models.base import called_modules
 
 
 def last_linear(model: nn.Module, example: torch.Tensor) -> str:
     """The name of the last ``nn.Linear`` the model calls on ``example`` (forward order)."""
-    called: list[str] = []
-    hooks = [module.register_forward_hook(lambda *_, name=name: called.append(name))
-             for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    called = called_modules(model, example, lambda module: isinstance(module, nn.Linear))
     if not called:
         raise ModelError("the model calls no nn.Linear layer, so it has no default feature "
                          "layer; name one of its layers: "
