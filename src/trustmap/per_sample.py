@@ -10,7 +10,11 @@ Columns, in this order:
   ``pred``, ``pred_name``, ``correct`` (null without a label), ``confidence`` (mean probability
   of the predicted class), ``vote_ratio`` (share of samples voting for the modal class);
 - ``p_<class>``: the mean probability of every class of the model;
-- every measure, named as what it holds (``msp`` is max p; a variance is >= 0).
+- every measure, named as what it holds (``msp`` is max p; a variance is >= 0), feature
+  detectors included;
+- where the run made conformal prediction sets, ``conformal_<method>_<alpha>``: the class names
+  in each input's set (a list), and ``conformal_calibration``: whether the ID input was one the
+  thresholds were calibrated on (null outside the ID set).
 
 What a higher value of each measure says ("less trustworthy" or "more trustworthy") is recorded
 once, in the table's metadata (``frame.attrs["trustmap"]``, kept by parquet), with the model's
@@ -44,13 +48,17 @@ def probability_column(class_name: str) -> str:
 def rows(set_name: str, role: str, *, labels: torch.Tensor | None, label_names: Sequence[str],
          classes: Sequence[str], predictions: Mapping[str, Prediction],
          scores: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-         attack: Mapping[str, Any] | None = None) -> pd.DataFrame:
+         attack: Mapping[str, Any] | None = None,
+         class_sets: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+         calibration: torch.Tensor | None = None) -> pd.DataFrame:
     """The rows of one set under every predictive of ``predictions``.
 
     ``labels`` are indices into the model's ``classes`` (None where the set has none of them:
     an OOD or unlabelled set); ``label_names`` are the set's own name for each input ("" where
     it has none). ``scores[predictive][measure]`` are the measures' values; ``attack`` holds
     ``attack``, ``epsilon`` and ``attacked`` of an adversarial or noise set.
+    ``class_sets[predictive][column]`` are bool [N, K] prediction sets, written as lists of
+    class names; ``calibration`` (bool [N]) marks the inputs they were calibrated on.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -77,11 +85,24 @@ def rows(set_name: str, role: str, *, labels: torch.Tensor | None, label_names: 
         }
         columns |= {probability_column(c): probs[:, k].numpy() for k, c in enumerate(classes)}
         columns |= {m: v.cpu().numpy() for m, v in ((scores or {}).get(kind) or {}).items()}
+        columns |= {c: _names_in(v, names) for c, v in ((class_sets or {}).get(kind) or {}).items()}
+        if class_sets:
+            columns["conformal_calibration"] = pd.array(
+                calibration.cpu().numpy() if calibration is not None else [None] * n,
+                dtype="boolean")
         frames.append(pd.DataFrame(columns))
     frame = pd.concat(frames, ignore_index=True)
     return frame.astype({"set": "string", "role": "string", "attack": "string",
                          "epsilon": "Float64", "attacked": "string", "predictive": "string",
                          "pred_name": "string"})
+
+
+def _names_in(members: torch.Tensor, names: np.ndarray) -> pd.Series:
+    """Bool [N, K] set membership as a column of arrays of class names (parquet stores it as a
+    list<string> column and reads it back as the same arrays), cut from one array of names."""
+    mask = members.cpu().numpy()
+    cut = np.cumsum(mask.sum(1))[:-1]
+    return pd.Series(np.split(names[np.nonzero(mask)[1]], cut), dtype=object)
 
 
 def table(parts: Sequence[pd.DataFrame], *, classes: Sequence[str], in_distribution: str,

@@ -82,6 +82,13 @@ def test_command_line_options_go_over_the_file(tmp_path: Path) -> None:
      "every pass draws new dropout masks"),
     ({"explanations": {"class_n": 1}}, "explanations.class_n: input should be greater than"),
     ({"studies": ["latent"]}, "studies must include 'uncertainty'"),
+    ({"detectors": {"names": ["mahalanobiss"]}}, "did you mean 'mahalanobis'?"),
+    ({"detectors": {"k": 0}}, "detectors.k: input should be greater than or equal to 1"),
+    ({"detectors": {"react_percentile": 101.0}}, "detectors.react_percentile: input should be"),
+    ({"conformal": {"alpha": [0.1, 1.0]}}, "conformal.alpha must each lie in (0, 1)"),
+    ({"conformal": {"alpha": [-0.05]}}, "conformal.alpha must each lie in (0, 1)"),
+    ({"conformal": {"methods": ["apss"]}}, "did you mean 'aps'?"),
+    ({"conformal": {"calibration_fraction": 1.0}}, "conformal.calibration_fraction: input"),
     ({"studies": ["uncertainty", "latnt"]}, "did you mean 'latent'?"),
 ])
 def test_wrong_keys_types_and_values_are_named(values, message) -> None:

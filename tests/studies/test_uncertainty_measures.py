@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from trustmap.cli import app
+from trustmap.evaluate.detectors import DETECTORS
 from trustmap.explain import disagreement
 from trustmap.uncertainty import MEASURES
 
@@ -103,7 +104,8 @@ def test_metrics_cover_every_set_predictive_and_measure(small_run) -> None:
     expected_sets = {"letters", "noise-uniform", "adv:fgsm:0.2:ensemble", "adv:pgd:0.2:ensemble",
                      "adv:fgsm:0.2:mc-dropout", "adv:pgd:0.2:mc-dropout"}
     assert set(ood.ood_set) == expected_sets
-    assert len(ood) == len(expected_sets) * (4 * len(MEASURES) + 2 * len(disagreement.MEASURES))
+    assert len(ood) == len(expected_sets) * (4 * len(MEASURES) + 2 * len(disagreement.MEASURES)
+                                             + 4 * len(DETECTORS))
     assert ood.auroc.between(0, 1).all()
     # Uniform noise is far from digits: the ensemble's entropy separates it well even here.
     row = ood[(ood.ood_set == "noise-uniform") & (ood.predictive == "ensemble")
@@ -167,8 +169,10 @@ def test_second_run_reuses_the_checkpoints_and_the_cache(small_run) -> None:
     # 4 predictives; the explanation-disagreement scores of the 11 sets x 2 predictives x 4
     # methods; the ID set's passes again for the latent (4) and influence (1) maps, and the
     # latent grid's passes (4); the region-perturbation curves of the 4 methods (MoRF and
-    # LeRF) and of the random order; and the detection tables computed from those scores.
-    assert header["cache"].startswith("159 attack, forward-pass and explanation results reused")
+    # LeRF) and of the random order; and the detection tables computed from those scores. For
+    # the combined score, the validation split's explanation-disagreement scores (2 x 4); the
+    # feature detectors' scores of each of the 2 members on the 11 sets and the validation split.
+    assert header["cache"].startswith("191 attack, forward-pass and explanation results reused")
     for table in ("ood", "misclassification", "adversarial"):
         assert metrics[table] == first_metrics[table], table  # and give the same numbers
     assert len(list((out / "checkpoints").glob("lenet-*"))) == 1
@@ -214,3 +218,44 @@ def test_metrics_hold_the_explanation_quality(small_run) -> None:
     assert set(sanity.method) == set(methods)
     original = sanity[sanity.step == 0]
     assert (original.similarity > 0.99).all()  # every method repeats itself
+
+
+def test_detectors_conformal_sets_and_selective_prediction_are_in_the_run(small_run) -> None:
+    out, _ = small_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    detectors = pd.DataFrame(metrics["detectors"])
+    names = ["mahalanobis", "relative_mahalanobis", "knn", "vim", "react_energy", "ddu"]
+    assert list(dict.fromkeys(detectors.detector)) == names
+    assert set(detectors.member) == {"0", "1", "mean"}  # two members and their mean
+    assert set(detectors.ood_set) == {"letters", "noise-uniform"}
+    assert set(detectors.group) == {"near", "far"}
+    far = detectors[(detectors.ood_set == "noise-uniform") & (detectors.member == "mean")
+                    & (detectors.detector == "mahalanobis")]
+    assert float(far.auroc.iloc[0]) > 0.95  # uniform noise is far from digits in feature space
+    frame = pd.read_parquet(out / "per_sample.parquet")
+    # the ensemble's detector score is the mean of its members', single's is member 0's
+    ood = pd.DataFrame(metrics["ood"])
+    assert set(names) <= set(ood.measure)
+    for name in names:
+        assert frame[name].notna().all(), name
+    ensemble = frame[frame.predictive == "ensemble"]
+    assert not (ensemble["mahalanobis"].to_numpy()
+                == frame[frame.predictive == "single"]["mahalanobis"].to_numpy()).all()
+    conformal = pd.DataFrame(metrics["conformal"])
+    held = conformal[conformal.role == "id (held out)"]
+    assert len(held) == 4 * 3 * 2  # predictives x methods x alphas
+    assert held.coverage.between(0.7, 1).all() and (held.n_calibration == 60).all()
+    sets = frame[(frame.set == "mnist-embedded") & (frame.predictive == "ensemble")]
+    assert sets["conformal_calibration"].sum() == 60
+    sizes = sets["conformal_lac_0.1"].map(len)
+    row = held[(held.predictive == "ensemble") & (held.method == "lac") & (held.alpha == 0.1)]
+    assert sizes[~sets["conformal_calibration"].astype(bool)].mean() == pytest.approx(
+        float(row.mean_size.iloc[0]))
+    selective = pd.DataFrame(metrics["selective"])
+    assert (selective.aurc >= selective.oracle_aurc - 1e-12).all()
+    combined = pd.DataFrame(metrics["combined"])
+    assert set(combined.held_out) == {"letters", "noise-uniform"}
+    assert {"rank average", "logistic"} <= set(combined.method)
+    text = (out / "report.html").read_text()
+    for section in ("detectors", "conformal", "selective", "combined"):
+        assert f'id="{section}"' in text, section

@@ -60,3 +60,33 @@ def features(model: nn.Module, images: torch.Tensor, layer: str | None = None,
                          "images (it runs more than once per image, or not for some); name a "
                          "layer that runs once per image")
     return bank
+
+
+def linear_head(model: nn.Module, images: torch.Tensor, layer: str | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor] | str:
+    """Weight [K, D] and bias [K] of the last ``nn.Linear`` where the model's logits are exactly
+    that layer applied to its features at ``layer`` (checked on ``images``), else the reason
+    they are not.
+
+    ViM and ReAct recompute the logits from (changed) features, so they need logits = W f + b;
+    a model that does more after its last Linear (a temperature, a second head) or features
+    read elsewhere than that layer's input would give them wrong numbers without this check.
+    """
+    name = last_linear(model, images)
+    module = dict(model.named_modules())[name]
+    assert isinstance(module, nn.Linear)
+    found = features(model, images, layer)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        logits = model(images.to(device)).float().cpu()
+    weight = module.weight.detach().float().cpu()
+    bias = (module.bias.detach().float().cpu() if module.bias is not None
+            else torch.zeros(module.out_features))
+    if found.shape[1] != weight.shape[1]:
+        return (f"the features at {layer!r} have {found.shape[1]} dimensions but the last "
+                f"nn.Linear {name!r} takes {weight.shape[1]}")
+    if logits.shape != (len(images), len(bias)) or not torch.allclose(
+            found @ weight.T + bias, logits, rtol=1e-4, atol=1e-4):
+        return (f"the model's logits are not its last nn.Linear {name!r} applied to the "
+                "features (it computes more after that layer)")
+    return weight, bias

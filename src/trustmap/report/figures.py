@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import auc, roc_curve
 
 from trustmap.data.dataset import Dataset
+from trustmap.evaluate import selective
 from trustmap.report import plot
 from trustmap.report.plot import save_figure as save_figure  # where the CLI imports it from
 from trustmap.report.results import RunResults
@@ -253,4 +254,35 @@ def extreme_inputs(results: RunResults, dataset: str, predictive: str, measure: 
                       va="top")
         axis.set_axis_off()
         axis.set_title(f"{dataset}: {title} by {measure} under {predictive}", fontsize=10)
+    return figure
+
+
+def risk_coverage(results: RunResults, predictive: str, shown: int = 6) -> Figure:
+    """Risk (error among accepted inputs) against coverage on the ID test set, rejecting the
+    least trustworthy first, for the ``shown`` scores of lowest AURC and the oracle (errors
+    rejected first): the gap to the oracle is what a score leaves on the table."""
+    table = results.selective[results.selective["predictive"] == predictive]
+    best = table.nsmallest(shown, "aurc")
+    rows = sample_rows(results, predictive, results.in_distribution)
+    correct = rows["correct"].to_numpy(dtype=bool)
+    figure, axis = plt.subplots(figsize=(5.6, 4.2))
+    for _, row in best.iterrows():
+        coverage, risk = selective.risk_coverage(
+            torch.from_numpy(ranked(row["measure"], _floats(rows[row["measure"]]))),
+            torch.from_numpy(correct))
+        axis.plot(coverage, risk, linewidth=1.5,
+                  label=f"{row['measure']} (AURC {row['aurc']:.4f})")
+    coverage, risk = selective.risk_coverage(torch.from_numpy((~correct).astype(np.float64)),
+                                             torch.from_numpy(correct))
+    axis.plot(coverage, risk, color="black", linestyle="--", linewidth=1.2,
+              label=f"oracle (AURC {best['oracle_aurc'].iloc[0]:.4f})")
+    axis.axhline(1 - correct.mean(), color="0.6", linestyle=":", linewidth=1,
+                 label="no rejection")
+    axis.set_xlabel("coverage (share of inputs accepted)")
+    axis.set_ylabel("risk (error rate among accepted)")
+    axis.set_title(f"{results.in_distribution}, {predictive}")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(bottom=0)
+    plot.legend_outside(axis)
+    figure.tight_layout()
     return figure

@@ -130,6 +130,20 @@ class RunResults:
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     """Dataset name -> float32 [N, C, H, W] images in ``per_sample`` row order (by ``index``)."""
     explanations: ExplanationResults | None = None
+    near_ood: list[str] = field(default_factory=list)
+    """OOD sets near the ID set; the others are far (the detector tables group by it)."""
+    detectors: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Feature detectors per OOD set, for each member and their mean."""
+    conformal: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Coverage and set size of the conformal prediction sets, per set, predictive, method
+    and alpha."""
+    conformal_by_class: pd.DataFrame = field(default_factory=pd.DataFrame)
+    selective: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """AURC of every score under every predictive, the oracle's beside it."""
+    combined: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The combined trust scores against the best single score, leave-one-OOD-set-out."""
+    notes: list[str] = field(default_factory=list)
+    """What the run left out and why (e.g. a detector a model cannot feed)."""
 
 
 ACCURACY_COLUMNS = ("architecture", "dataset", "parameters", "epochs", "val_accuracy",

@@ -148,6 +148,12 @@ def sections(results: RunResults, predictive: str = DEFAULT_PREDICTIVE) -> list[
         Section("adversarial", "Adversarial detection", "Adversarial", context={
             "adversarial": build_table("adversarial", results.adversarial, degenerate, group_by=[
                 "attack", "epsilon", "attacked", "negatives", "subset"])}),
+        _detectors(results, predictive),
+        _conformal(results),
+        _selective(results, predictive),
+        Section("combined", "One trust score from all of them", "Combined", context={
+            "combined": build_table("combined", results.combined,
+                                    group_by=["predictive", "held_out"])}),
         Section("agreement", "Agreement of the samples", "Agreement", agreement),
         Section("inputs", "Most and least uncertain inputs", "Inputs", inputs),
         _explanations(results),
@@ -193,6 +199,58 @@ def _explanations(results: RunResults) -> Section:
             "the layers are randomised from the top: a map that ignores the model stays near 1",
             lambda: explain_figures.sanity_curves(found.sanity), group="quality"))
     return section
+
+
+def _detectors(results: RunResults, predictive: str) -> Section:
+    """Every score's AUROC per OOD set under ``predictive``, near sets then far ones with the
+    mean of each group (OpenOOD's layout), and each member's detectors beside their mean."""
+    frame = results.ood[results.ood["predictive"] == predictive]
+    plain = [s for s in _ood_sets(results) if s in set(results.detectors.get("ood_set", []))]
+    near = [s for s in plain if s in results.near_ood]
+    far = [s for s in plain if s not in near]
+    pivot = frame.pivot_table(index="measure", columns="ood_set", values="auroc",
+                              aggfunc="first", sort=False).reindex(
+        index=[m for m in results.measures if m in set(frame["measure"])], columns=near + far)
+    columns = {}
+    for group, names in (("near", near), ("far", far)):
+        columns.update({f"{group}: {n}": pivot[n] for n in names})
+        if names:
+            columns[f"{group} mean"] = pivot[names].mean(axis=1)
+    table = pd.DataFrame(columns, index=pivot.index).rename_axis("measure").reset_index()
+    return Section("detectors", "Feature-space detectors beside the output-space measures",
+                   "Detectors", context={
+                       "predictive": predictive, "notes": results.notes,
+                       "near_far": build_table("near-far", table, directions=dict.fromkeys(
+                           [c for c in table.columns if c != "measure"], 1)),
+                       "members": build_table("detector-members", results.detectors,
+                                              group_by=["ood_set", "detector"])})
+
+
+def _conformal(results: RunResults) -> Section:
+    """Coverage against its target on the held-out ID images; set sizes everywhere."""
+    found = results.conformal
+    held = found[found["role"] == "id (held out)"] if len(found) else found
+    other = found[found["role"] != "id (held out)"] if len(found) else found
+    return Section("conformal", "Conformal prediction sets", "Conformal", context={
+        "coverage": build_table("conformal-coverage", held.drop(columns=["role"], errors="ignore"),
+                                directions={}),
+        "sizes": build_table("conformal-sizes", other.drop(
+            columns=["role", "coverage"], errors="ignore"), directions={}),
+        "by_class": build_table("conformal-by-class", results.conformal_by_class,
+                                directions={})})
+
+
+def _selective(results: RunResults, predictive: str) -> Section:
+    """AURC of every score, the oracle's beside it, and the risk-coverage curves."""
+    jobs = [Job("risk-coverage", f"risk against coverage on {results.in_distribution} under "
+                f"{predictive}: the six scores of lowest AURC and the oracle",
+                lambda: figures.risk_coverage(results, predictive))
+            ] if len(results.selective) else []
+    table = results.selective.sort_values(["predictive", "aurc"]) if len(results.selective) \
+        else results.selective
+    return Section("selective", "Selective prediction", "Selective", jobs, context={
+        "selective": build_table("selective", table, group_by=["predictive"],
+                                 directions={"aurc": -1, "excess_aurc": -1})})
 
 
 def _ranks(results: RunResults) -> dict[str, list[str]]:

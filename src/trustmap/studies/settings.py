@@ -116,6 +116,9 @@ class DataSettings(Section):
     """At most this many test images per set (the first ones, so the choice is fixed); 0: all."""
     resize: tuple[int, int] | None = None
     """[H, W] every image of a path is resized to (bilinear, antialiased); None: kept as is."""
+    near_ood: tuple[str, ...] = ("fashion-mnist", "letters")
+    """OOD sets that are near the in-distribution one (OpenOOD's MNIST benchmark: Fashion-MNIST
+    and notMNIST); every other OOD set counts as far in the detector tables."""
     conform: str = "convert"
     """What happens to an OOD set whose channels or size differ from the in-distribution
     images: "convert" (gray to RGB by repetition, RGB to gray by ITU-R BT.601 luma, bilinear
@@ -308,6 +311,60 @@ class ExplanationSettings(Section):
         return self
 
 
+class DetectorSettings(Section):
+    """Feature-space OOD detectors, fitted per member on the features of the members' own
+    training images (never on a test or OOD set) and scored as measures beside the output-space
+    ones: a member's score for ``single`` and ``mc-dropout``, the mean over members for
+    ``ensemble`` and ``ensemble-mc``."""
+
+    names: tuple[str, ...] = Field(default_factory=lambda: tuple(_detector_names()))
+    """Default: every registered detector (mahalanobis, relative_mahalanobis, knn, vim,
+    react_energy, ddu); [] for none."""
+    layer: str | None = None
+    """The layer whose output are the features, by its name in ``dict(model.named_modules())``;
+    None: the input of the model's last nn.Linear (vim and react_energy need that one)."""
+    k: int = Field(50, ge=1)
+    """KNN: the distance to the k-th nearest training feature."""
+    react_percentile: float = Field(90.0, gt=0, le=100)
+    """ReAct: features are clipped at this percentile of the training activations."""
+    vim_dim: int | None = Field(None, ge=1)
+    """ViM: dimension of the principal subspace; None: 1000 for D >= 1500, 512 for D >= 768,
+    else D // 2."""
+
+    @model_validator(mode="after")
+    def _known(self) -> DetectorSettings:
+        allowed("detectors.names", self.names, _detector_names())
+        return self
+
+
+def _detector_names() -> list[str]:
+    from trustmap.evaluate.detectors import DETECTORS
+
+    return list(DETECTORS)
+
+
+class ConformalSettings(Section):
+    """Split conformal prediction sets from every predictive's probabilities, calibrated on a
+    seeded random share of the in-distribution test set; coverage is measured on the rest."""
+
+    alpha: tuple[float, ...] = (0.1, 0.05)
+    """Miscoverage levels: each set holds the true class with probability >= 1 - alpha."""
+    methods: tuple[str, ...] = ("lac", "aps", "raps")
+    calibration_fraction: float = Field(0.5, gt=0, lt=1)
+    """Share of the ID test images the thresholds are calibrated on."""
+
+    @model_validator(mode="after")
+    def _known(self) -> ConformalSettings:
+        from trustmap.evaluate.conformal import METHODS
+
+        allowed("conformal.methods", self.methods, METHODS)
+        bad = [a for a in self.alpha if not 0 < a < 1]
+        if bad:
+            raise ConfigError(f"conformal.alpha must each lie in (0, 1) (a miscoverage level, "
+                              f"e.g. 0.1 for 90% coverage), got {bad[0]!r}")
+        return self
+
+
 class RunSettings(Section):
     """The tables every command shares; each study adds its own (``studies.registry``)."""
 
@@ -327,6 +384,8 @@ class RunSettings(Section):
     measures: MeasureSettings = MeasureSettings()
     adversarial: AdversarialSettings = AdversarialSettings()
     explanations: ExplanationSettings = ExplanationSettings()
+    detectors: DetectorSettings = DetectorSettings()
+    conformal: ConformalSettings = ConformalSettings()
 
     @field_validator("name")
     @classmethod

@@ -44,7 +44,7 @@ from trustmap.explain import disagreement
 from trustmap.predictive import Prediction
 from trustmap.report import page
 from trustmap.report.results import RunResults, SetId
-from trustmap.studies import run_page
+from trustmap.studies import feature_detection, run_page, trust_tables
 from trustmap.studies.base import (
     Log,
     RunContext,
@@ -127,7 +127,9 @@ def _adversarial_sets(ctx: RunContext, members: list[nn.Module], clean: Dataset,
 
 def _per_sample(name: str, id_name: str, dataset: Dataset, classes: tuple[str, ...],
                 predictions: dict[str, Prediction],
-                scores: dict[str, dict[str, torch.Tensor]]) -> pd.DataFrame:
+                scores: dict[str, dict[str, torch.Tensor]],
+                class_sets: dict[str, dict[str, torch.Tensor]] | None,
+                calibration: torch.Tensor | None) -> pd.DataFrame:
     """The set's rows of the per-sample table: labels only where they are the model's classes
     (the ID set and the attacked copies of it), the set's own class names everywhere."""
     identity = SetId.parse(name, id_name)
@@ -136,7 +138,8 @@ def _per_sample(name: str, id_name: str, dataset: Dataset, classes: tuple[str, .
     attack = ({"attack": identity.attack, "epsilon": identity.epsilon,
                "attacked": identity.attacked} if identity.attack else None)
     return per_sample.rows(name, identity.role, labels=labels, label_names=own, classes=classes,
-                           predictions=predictions, scores=scores, attack=attack)
+                           predictions=predictions, scores=scores, attack=attack,
+                           class_sets=class_sets, calibration=calibration)
 
 
 def _ood_table(id_name: str, ood_names: list[str], kinds: list[str], measures: list[str],
@@ -149,6 +152,24 @@ def _ood_table(id_name: str, ood_names: list[str], kinds: list[str], measures: l
                                             scores[ood][kind][measure])
                 rows.append({"ood_set": ood, "predictive": kind, "measure": measure, **metrics})
     return pd.DataFrame(rows)
+
+
+def _validation_scores(ctx: RunContext, ensemble: EnsembleRun, val: Dataset,
+                       predictions: dict[str, Prediction], measures: list[str],
+                       cache: TensorCache, detected: dict[str, dict[str, torch.Tensor]]
+                       ) -> dict[str, dict[str, torch.Tensor]]:
+    """Every score on the ID validation split (held out of training, never scored by a table),
+    by predictive, as uncertainties: what the combined score is fitted on."""
+    plain = [m for m in measures if m in MEASURES]
+    scores = {kind: compute(p, plain) for kind, p in predictions.items()}
+    if len(plain) < len(measures):
+        made = explanation_scores(cache, measures, ensemble.members, val, predictions,
+                                  ctx.settings)
+        for kind, values in made.items():
+            scores[kind].update(values)
+    for kind, values in detected.items():
+        scores[kind].update(values)
+    return {kind: uncertainty_scores(values) for kind, values in scores.items()}
 
 
 def _misclassification_table(id_set: Dataset, kinds: list[str], measures: list[str],
@@ -165,10 +186,10 @@ def _misclassification_table(id_set: Dataset, kinds: list[str], measures: list[s
     return pd.DataFrame(rows)
 
 
-def _calibration(ctx: RunContext, ensemble: EnsembleRun, val: Dataset, test: Dataset,
-                 test_predictions: dict[str, Prediction]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _calibration(ctx: RunContext, val: Dataset, val_predictions: dict[str, Prediction],
+                 test: Dataset, test_predictions: dict[str, Prediction]
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Before/after temperature scaling, one temperature per predictive fitted on validation."""
-    val_predictions = ctx.predict(ensemble, val, ctx.settings.predictives.kinds)
     rows, bins = [], []
     for kind in ctx.settings.predictives.kinds:
         log_val = val_predictions[kind].mean_probs.clamp_min(1e-30).log()
@@ -234,6 +255,10 @@ def _detection_tables(cache: TensorCache, id_name: str, ood_names: list[str],
                                           predictions, scores)})
 
 
+VALIDATION = "(validation split)"
+"""The ID validation split among the sets the detectors score (no dataset has this name)."""
+
+
 class UncertaintyStudy:
     """The run's core: which measure, under which predictive, flags OOD and adversarial inputs;
     with the explanation section (seeds 000 and 001) on the same ensemble."""
@@ -258,13 +283,21 @@ class UncertaintyStudy:
         id_name = settings.data.in_distribution
         _check_labelled(train, sets[id_name])
         _check_test_set(sets[id_name], settings)
+        fit, val = split_validation(train, settings.model.val_fraction, ctx.seed)
+        assert val is not None  # the settings require val_fraction > 0
+        calibration = trust_tables.calibration_mask(
+            sets[id_name], settings.conformal.calibration_fraction, ctx.seed) \
+            if settings.conformal.alpha and settings.conformal.methods else None
         if settings.model.given or ctx.provided.members:
             ensemble = ctx.given_ensemble(train)
             settings = ctx.settings  # without what the given members cannot take
             kinds, measures = list(settings.predictives.kinds), settings.measure_names
+            feature_detection.check_fit_split(ctx, fit, ensemble.members)
         else:
+            feature_detection.check_fit_split(ctx, fit)  # before anything is trained
             ensemble = ctx.ensemble(ensemble_spec(settings.model, ctx.seed), train)
         members = ensemble.members
+        feature_detection.check_layer(ctx, members)
         cache = ctx.cache(ensemble)
 
         with ctx.timed("attacks"):
@@ -286,39 +319,70 @@ class UncertaintyStudy:
                                               predictions[name], settings)
                     for kind, values in made.items():
                         scores[name][kind].update(values)
+        with ctx.timed("feature detectors"):
+            # the validation split's too, for the combined score: one fit per member for both
+            detected = feature_detection.score(ctx, ensemble, fit, {**sets, VALIDATION: val},
+                                               kinds)
+            for name in sets:
+                for kind, values in detected.by_kind.get(name, {}).items():
+                    scores[name][kind].update(values)
         explanations = explanation_results(ctx, members, sets, measures, cache)
+        scored = measures + detected.names  # every score the tables rank
 
         # adversarial sets are also ranked as OOD sets; their noise controls only as negatives
         ood_names = [n for n in sets if SetId.parse(n, id_name).role in ("ood", "adversarial")]
         with ctx.timed("calibration"):
-            _, val = split_validation(train, settings.model.val_fraction, ctx.seed)
-            assert val is not None  # the settings require val_fraction > 0
-            calibration, reliability = _calibration(ctx, ensemble, val, sets[id_name],
-                                                    predictions[id_name])
+            val_predictions = ctx.predict(ensemble, val, kinds)
+            calibrated, reliability = _calibration(ctx, val, val_predictions, sets[id_name],
+                                                   predictions[id_name])
+        with ctx.timed("conformal sets"):
+            class_sets, conformal, conformal_by_class = (
+                trust_tables.conformal_sets(settings.conformal, ctx.seed, id_name, calibration,
+                                            sets[id_name].labels, sets[id_name].classes,
+                                            predictions)
+                if calibration is not None else ({}, pd.DataFrame(), pd.DataFrame()))
         with ctx.timed("tables"):
             ranked = {name: {kind: uncertainty_scores(values) for kind, values in by_kind.items()}
                       for name, by_kind in scores.items()}
             tables = _detection_tables(cache, id_name, ood_names, adversarial,
-                                       settings.adversarial.n, kinds, measures, sets[id_name],
+                                       settings.adversarial.n, kinds, scored, sets[id_name],
                                        predictions, ranked)
             classes = sets[id_name].classes
+            plain_ood = [n for n in ood_names if SetId.parse(n, id_name).role == "ood"]
+            selective = trust_tables.selective_table(sets[id_name].labels,
+                                                     predictions[id_name], ranked[id_name])
+        with ctx.timed("combined score"):
+            combined = trust_tables.combined_table(
+                _validation_scores(ctx, ensemble, val, val_predictions, measures, cache,
+                                   detected.by_kind.get(VALIDATION, {})),
+                ranked[id_name], {n: ranked[n] for n in plain_ood}, kinds)
+        with ctx.timed("per-sample table"):
             results = RunResults(
                 header=_header(ctx, ensemble, sets, skipped, val),
                 in_distribution=id_name,
                 predictives=kinds,
-                measures={m: (MEASURES.get(m) or disagreement.measure(m)).definition
-                          for m in measures},
+                measures={**{m: (MEASURES.get(m) or disagreement.measure(m)).definition
+                             for m in measures}, **detected.definitions},
                 per_sample=per_sample.table(
-                    [_per_sample(n, id_name, d, classes, predictions[n], scores[n])
+                    [_per_sample(n, id_name, d, classes, predictions[n], scores[n],
+                                 class_sets.get(n), calibration if n == id_name else None)
                      for n, d in sets.items()],
-                    classes=classes, in_distribution=id_name, measures=measures),
+                    classes=classes, in_distribution=id_name, measures=scored),
                 ood=tables["ood"],
                 misclassification=tables["misclassification"],
-                calibration=calibration,
+                calibration=calibrated,
                 reliability=reliability,
                 adversarial=tables["adversarial"],
                 images={name: d.images for name, d in sets.items()},
                 explanations=explanations,
+                near_ood=[n for n in plain_ood if n in settings.data.near_ood],
+                detectors=feature_detection.member_table(detected, id_name, plain_ood,
+                                                         settings.data.near_ood),
+                conformal=conformal,
+                conformal_by_class=conformal_by_class,
+                selective=selective,
+                combined=combined,
+                notes=detected.skipped,
             )
         return results
 
@@ -332,6 +396,12 @@ class UncertaintyStudy:
 
         found = results.explanations
         return {"ood": records(results.ood),
+                "detectors": records(results.detectors),
+                "conformal": records(results.conformal),
+                "conformal_by_class": records(results.conformal_by_class),
+                "selective": records(results.selective),
+                "combined": records(results.combined),
+                "notes": results.notes,
                 "misclassification": records(results.misclassification),
                 "calibration": records(results.calibration),
                 "adversarial": records(results.adversarial),
