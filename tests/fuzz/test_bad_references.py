@@ -87,6 +87,15 @@ CASES: dict[str, Case] = {
         + '[predictives]\nkinds = ["single", "ensemble", "mc-dropout"]\n', {},
         "no dropout layer"),
     "cuda where there is none": (MODEL.format(checkpoints=GOOD), {"--device": "cuda"}, "cuda"),
+    "detector layer the members lack": (
+        MODEL.format(checkpoints=GOOD) + '[detectors]\nlayer = "blok2"\nk = 5\n', {},
+        "is not a layer of the members"),
+    "more knn neighbours than training images": (
+        MODEL.format(checkpoints=GOOD) + '[detectors]\nk = 500\n', {},
+        "lower detectors.k to at most"),
+    "conformal alpha outside (0, 1)": (
+        MODEL.format(checkpoints=GOOD) + '[conformal]\nalpha = [0.1, 1.5]\n', {},
+        "conformal.alpha must each lie in (0, 1)"),
 }
 
 

@@ -265,7 +265,7 @@ def risk_coverage(results: RunResults, predictive: str, shown: int = 6) -> Figur
     best = table.nsmallest(shown, "aurc")
     rows = sample_rows(results, predictive, results.in_distribution)
     correct = rows["correct"].to_numpy(dtype=bool)
-    figure, axis = plt.subplots(figsize=(5.6, 4.2))
+    figure, axis = plt.subplots(figsize=(8.4, 4.2))  # the legend takes a third of it
     for _, row in best.iterrows():
         coverage, risk = selective.risk_coverage(
             torch.from_numpy(ranked(row["measure"], _floats(rows[row["measure"]]))),
