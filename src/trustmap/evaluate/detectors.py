@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import torch
 
@@ -82,14 +82,10 @@ def _check_counts(counts: torch.Tensor, classes: Iterable[str] | None) -> None:
 
 
 @dataclass
-class GaussianFit:
-    """Class-conditional Gaussians with one shared covariance, fitted from streaming sums.
-
-    ``update(features, labels)`` adds a batch; ``finish()`` gives the class means, the shared
-    covariance Sigma = (1/N) sum_k sum_{i in k} (x_i - mu_k)(x_i - mu_k)^T, and the background
-    Gaussian (mean and covariance of all features) that relative Mahalanobis needs. Sums are
-    float64: a million 512-d features sum without losing the covariance.
-    """
+class _ClassSums:
+    """Per-class counts and feature sums and a second moment, accumulated batch by batch in
+    float64 (a million 512-d features sum without losing the covariance); the two Gaussian
+    fits differ only in the second moment they keep (``_empty``, ``_add``)."""
 
     num_classes: int
     counts: torch.Tensor = field(init=False)
@@ -99,30 +95,60 @@ class GaussianFit:
     def __post_init__(self) -> None:
         self.counts = torch.zeros(self.num_classes, dtype=torch.float64)
 
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> GaussianFit:
+    def _empty(self, size: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _add(self, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> Self:
+        """Add a batch of features [B, D] and their int64 labels [B]."""
         x = _batch(features, labels, self.num_classes)
+        size = x.shape[1]
         if self.sums is None:
-            self.sums = torch.zeros(self.num_classes, x.shape[1], dtype=torch.float64)
-            self.second = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
-        assert self.second is not None
-        if x.shape[1] != self.sums.shape[1]:
-            raise DataError(f"features have {x.shape[1]} dimensions, earlier batches "
+            self.sums = torch.zeros(self.num_classes, size, dtype=torch.float64)
+            self.second = self._empty(size)
+        if size != self.sums.shape[1]:
+            raise DataError(f"features have {size} dimensions, earlier batches "
                             f"{self.sums.shape[1]}")
-        self.counts += torch.bincount(labels, minlength=self.num_classes).double()
+        counts = torch.bincount(labels, minlength=self.num_classes)
         self.sums.index_put_((labels,), x, accumulate=True)  # index_add_ is slow threaded
-        self.second.addmm_(x.T, x)
+        self._add(x, labels, counts)
+        self.counts += counts
         return self
 
-    def finish(self, classes: Iterable[str] | None = None) -> Gaussians:
-        """The fitted Gaussians; DataError for a class with fewer than two features."""
+    def _sums(self, classes: Iterable[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sums and second moment, once every class has two features (else DataError)."""
         if self.sums is None or self.second is None:
             raise DataError("no features were given to fit the Gaussians on")
         _check_counts(self.counts, classes)
+        return self.sums, self.second
+
+
+@dataclass
+class GaussianFit(_ClassSums):
+    """Class-conditional Gaussians with one shared covariance, fitted from streaming sums.
+
+    ``update(features, labels)`` adds a batch; ``finish()`` gives the class means, the shared
+    covariance Sigma = (1/N) sum_k sum_{i in k} (x_i - mu_k)(x_i - mu_k)^T, and the background
+    Gaussian (mean and covariance of all features) that relative Mahalanobis needs.
+    """
+
+    def _empty(self, size: int) -> torch.Tensor:
+        return torch.zeros(size, size, dtype=torch.float64)
+
+    def _add(self, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor) -> None:
+        assert self.second is not None
+        self.second.addmm_(x.T, x)
+
+    def finish(self, classes: Iterable[str] | None = None) -> Gaussians:
+        """The fitted Gaussians; DataError for a class with fewer than two features."""
+        sums, second = self._sums(classes)
         total = float(self.counts.sum())
-        means = self.sums / self.counts[:, None]
-        within = (self.second - (means.T * self.counts) @ means) / total
-        mean = self.sums.sum(0) / total
-        background = self.second / total - torch.outer(mean, mean)
+        means = sums / self.counts[:, None]
+        within = (second - (means.T * self.counts) @ means) / total
+        mean = sums.sum(0) / total
+        background = second / total - torch.outer(mean, mean)
         return Gaussians(means, _precision(within), mean, _precision(background))
 
 
@@ -368,7 +394,7 @@ variance) makes a log-density of order 1e308, so this ladder starts at 1e-20."""
 
 
 @dataclass
-class ClassGaussianFit:
+class ClassGaussianFit(_ClassSums):
     """One Gaussian per class, each with its own covariance, fitted from streaming float64 sums
     (DDU's Gaussian discriminant analysis).
 
@@ -377,41 +403,22 @@ class ClassGaussianFit:
     code) and the priors n_k / N. Memory is K x D x D float64, whatever N.
     """
 
-    num_classes: int
-    counts: torch.Tensor = field(init=False)
-    sums: torch.Tensor | None = field(init=False, default=None)
-    second: torch.Tensor | None = field(init=False, default=None)
+    def _empty(self, size: int) -> torch.Tensor:
+        return torch.zeros(self.num_classes, size, size, dtype=torch.float64)
 
-    def __post_init__(self) -> None:
-        self.counts = torch.zeros(self.num_classes, dtype=torch.float64)
-
-    def update(self, features: torch.Tensor, labels: torch.Tensor) -> ClassGaussianFit:
-        x = _batch(features, labels, self.num_classes)
-        size = x.shape[1]
-        if self.sums is None:
-            self.sums = torch.zeros(self.num_classes, size, dtype=torch.float64)
-            self.second = torch.zeros(self.num_classes, size, size, dtype=torch.float64)
+    def _add(self, x: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor) -> None:
         assert self.second is not None
-        if size != self.sums.shape[1]:
-            raise DataError(f"features have {size} dimensions, earlier batches "
-                            f"{self.sums.shape[1]}")
-        self.sums.index_put_((labels,), x, accumulate=True)  # index_add_ is slow threaded
-        counts = torch.bincount(labels, minlength=self.num_classes)
         for k, own in enumerate(x[labels.argsort()].split(counts.tolist())):
             self.second[k].addmm_(own.T, own)  # one gather: the classes' rows in a row
-        self.counts += counts
-        return self
 
     def finish(self, classes: Iterable[str] | None = None) -> ClassGaussians:
         """The fitted Gaussians, with the smallest jitter (0, 1e-20, 1e-19, ..., 1) times the
         identity for which every class covariance has a Cholesky factor; DataError for a class
         with fewer than two features."""
-        if self.sums is None or self.second is None:
-            raise DataError("no features were given to fit the Gaussians on")
-        _check_counts(self.counts, classes)
-        means = self.sums / self.counts[:, None]
+        sums, second = self._sums(classes)
+        means = sums / self.counts[:, None]
         outer = self.counts[:, None, None] * means[:, :, None] * means[:, None, :]
-        covariances = (self.second - outer) / (self.counts - 1)[:, None, None]
+        covariances = (second - outer) / (self.counts - 1)[:, None, None]
         identity = torch.eye(means.shape[1], dtype=torch.float64)
         for jitter in _JITTERS:
             factors, info = torch.linalg.cholesky_ex(covariances + jitter * identity)
@@ -504,7 +511,7 @@ def _training(features: torch.Tensor, labels: torch.Tensor, classes: Sequence[st
     return x, names
 
 
-_Accumulator = TypeVar("_Accumulator", GaussianFit, ClassGaussianFit)
+_Accumulator = TypeVar("_Accumulator", bound=_ClassSums)
 
 
 def _streamed(fit: _Accumulator, features: torch.Tensor, labels: torch.Tensor, batch_size: int
